@@ -1,3 +1,3 @@
-from asdtool.cli import app
+from asdtool.cli import entry
 
-app(prog_name="asdtool")
+entry()

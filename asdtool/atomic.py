@@ -7,7 +7,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from asdtool.errors import AsdError
 
 
 @contextlib.contextmanager
@@ -60,3 +62,48 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_output(path: str | Path, *, folder: bool, ours: Callable[[str], bool] | None = None) -> Path:
+    """Return `path` after refusing, before any work starts, an output that cannot or must not be written.
+
+    Refused: a folder output where a file is (or the reverse), an existing folder holding entries
+    that `ours(name)` does not recognise as this command's own, and a place that cannot be written
+    (a read-only file system, a parent that is a file). Nothing is created.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if folder and not path.is_dir():
+            raise AsdError("exists and is not a folder; refusing to replace it (choose another output)", path)
+        if not folder and path.is_dir():
+            raise AsdError("is a folder; give a file name for this output", path)
+        if folder and ours is not None:
+            strangers = sorted(p.name for p in path.iterdir() if not ours(p.name))
+            if strangers:
+                raise AsdError(
+                    f"holds {strangers[0]}{f' and {len(strangers) - 1} more' if len(strangers) > 1 else ''}, "
+                    "which this command did not write; refusing to replace the folder (choose another output)",
+                    path,
+                )
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling link: makedirs would fail later
+            raise AsdError("its parent is a broken link", path)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AsdError(f"cannot be created: {parent} is not a folder", path)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".asdtool-probe.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise AsdError(f"cannot be written ({exc.strerror or exc.__class__.__name__} in {parent})", path) from None
+    return path
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write `obj` as indented JSON (and a final newline) atomically."""
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

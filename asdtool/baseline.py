@@ -10,29 +10,26 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torchaudio
 
 from asdtool import metrics
 from asdtool.data import dcase
 from asdtool.data.audio import SAMPLE_RATE, read_clip
+from asdtool.features import kaldi_fbank
+from asdtool.vectors import l2_normalise
 
 
 def logmel_mean(wave: np.ndarray, n_mels: int = 128) -> np.ndarray:
     """Return the time mean of a clip's 128-bin kaldi log-mel filterbank (25 ms / 10 ms frames)."""
     x = torch.from_numpy(np.asarray(wave, dtype=np.float32) * 32768.0)[None]
-    fbank = torchaudio.compliance.kaldi.fbank(
+    fbank = kaldi_fbank(
         x, num_mel_bins=n_mels, sample_frequency=SAMPLE_RATE, frame_length=25, frame_shift=10, dither=0.0
     )
     return fbank.mean(0).numpy()
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def knn_cosine_scores(train: np.ndarray, query: np.ndarray, exclude_self: bool = False) -> np.ndarray:
     """Return each query's cosine distance to its nearest training vector (itself excluded if asked)."""
-    sim = _unit(query) @ _unit(train).T
+    sim = l2_normalise(query, np.float32) @ l2_normalise(train, np.float32).T
     if exclude_self:
         np.fill_diagonal(sim, -np.inf)
     return 1.0 - sim.max(axis=1)
@@ -70,3 +67,25 @@ def evaluate_baseline(root, machines=None, seconds: float | None = None) -> dict
     scores = score_dataset(dataset, seconds)
     test_scores = {m: s["test"] for m, s in scores.items()}
     return metrics.summarize(metrics.evaluate_scores(metrics.truth_from_dataset(dataset), test_scores))
+
+
+def baseline_to_folder(
+    data_root, out, seconds: float | None = None, machines=None, progress: Callable[[int, int], None] | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Score every clip of a data root with the log-mel detector and write the score folder `out`.
+
+    `progress(advance, total)` is called per clip. Returns the scores of `score_dataset`.
+    """
+    from asdtool.scorefolder import check_score_folder, write_score_folder
+
+    check_score_folder(out)
+    dataset = dcase.scan(data_root, machines or None)
+    total = len(dataset.clips)
+    scores = score_dataset(dataset, seconds, progress=(lambda n: progress(n, total)) if progress else None)
+    rows: dict[tuple[str, str, str], dict[str, float]] = {}
+    for machine, by_split in scores.items():
+        for split, by_clip in by_split.items():
+            for clip in dataset.select(machine, split):
+                rows.setdefault((machine, clip.section, split), {})[clip.file_name] = by_clip[clip.file_name]
+    write_score_folder(out, rows)
+    return scores

@@ -1,17 +1,43 @@
-"""The `asdtool` command line: one subcommand per pipeline stage; the logic lives in the library."""
+"""The `asdtool` command line: one subcommand per pipeline stage, generated from the stage configs.
+
+Each subcommand's options come from its dataclass in `asdtool.config` (plus `--params FILE` and,
+for named sections, `--name X`); the command module `asdtool.commands.<stage>` is imported only
+when that subcommand runs, so `asdtool --help` and the light commands never import torch.
+Every user-facing failure is one line on stderr and exit code 1; an interrupt is exit code 130.
+"""
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
+import enum
+import importlib
+import inspect
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from asdtool import __version__
-from asdtool.commands import baseline, detect, embed, ensemble, evaluate, finetune, pseudolabel, report, synth
+try:  # typer 0.2x vendors its own click; older releases use click itself
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click
+
+from asdtool import __version__, config
 from asdtool.errors import AsdError
+
+# in pipeline order
+STAGES: dict[str, type] = {
+    "synth": config.SynthConfig,
+    "finetune": config.FinetuneConfig,
+    "pseudolabel": config.PseudolabelConfig,
+    "embed": config.EmbedConfig,
+    "detect": config.DetectConfig,
+    "ensemble": config.EnsembleConfig,
+    "evaluate": config.EvaluateConfig,
+    "report": config.ReportConfig,
+    "baseline": config.BaselineConfig,
+}
 
 app = typer.Typer(
     name="asdtool",
@@ -21,23 +47,16 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
 )
-_err = Console(stderr=True)
 
 
-def _one_line_errors(func: Callable) -> Callable:
-    """Turn an AsdError into one red line on stderr and exit code 1."""
+def error_line(message: str) -> None:
+    """Print one red `error:` line on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except AsdError as exc:
-            _err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -47,19 +66,101 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """First-shot unsupervised anomalous sound detection of machines."""
 
 
-# in pipeline order
-app.command("synth")(_one_line_errors(synth.command))
-app.command("finetune")(_one_line_errors(finetune.command))
-app.command("pseudolabel")(_one_line_errors(pseudolabel.command))
-app.command("embed")(_one_line_errors(embed.command))
-app.command("detect")(_one_line_errors(detect.command))
-app.command("ensemble")(_one_line_errors(ensemble.command))
-app.command("evaluate")(_one_line_errors(evaluate.command))
-app.command("report")(_one_line_errors(report.command))
-app.command("baseline")(_one_line_errors(baseline.command))
+def _choice_enum(name: str, choices: tuple[str, ...]) -> type[enum.Enum]:
+    return enum.Enum(name, {c: c for c in choices}, type=str)
+
+
+def _parameter(cls, f) -> inspect.Parameter:
+    """Return the Typer parameter of one config field: always optional (None = not given here)."""
+    tp, _ = config.split_optional(config.field_type(cls, f))
+    listed = typing.get_origin(tp) is list
+    item = typing.get_args(tp)[0] if listed else tp
+    if f.metadata.get("choices"):
+        item = _choice_enum(f.name.title().replace("_", ""), f.metadata["choices"])
+    flag = config.flag_name(f)
+    required = f.default is config.REQUIRED and f.default_factory is config.REQUIRED
+    default = f.default_factory() if f.default_factory is not config.REQUIRED else f.default
+    if required:
+        note = " [required: here or in the params section]"
+    elif default is None or default == [] or item is bool:
+        note = ""
+    else:
+        note = f" (default: {', '.join(map(str, default)) if isinstance(default, list) else default})"
+    decls = [f"{flag}/--no-{flag[2:]}"] if item is bool else [flag]
+    opt = typer.Option(*decls, help=f.metadata["help"] + note, metavar=f.metadata.get("metavar"), show_default=False)
+    annotation = Optional[list[item]] if listed else Optional[item]
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[annotation, opt])
+
+
+def _interrupted(module, cfg) -> str:
+    note = getattr(module, "interrupted", None)
+    return note(cfg) if note else "interrupted; nothing was written (outputs appear only when complete)"
+
+
+def make_command(stage: str, cls) -> typing.Callable:
+    """Return the Typer command of `stage`: parse options, build the config, run the command module."""
+    section: config.Section = cls.SECTION
+    params = [
+        inspect.Parameter("params", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[Path], typer.Option("--params", dir_okay=False, help=(
+                f"Read options from this params YAML, section {section.key}" + (".<NAME> (see --name)" if section.named else "")
+                + "; options given here win."))])]  # fmt: skip
+    if section.named:
+        params.append(inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[str], typer.Option("--name", help=f"Entry of the params file to read: {section.key}.<NAME>.")]))  # fmt: skip
+    params += [_parameter(cls, f) for f in config.fields(cls)]
+
+    def command(**kwargs: Any) -> None:
+        params_file, name = kwargs.pop("params"), kwargs.pop("name", None)
+        given = {k: (v.value if isinstance(v, enum.Enum) else [x.value if isinstance(x, enum.Enum) else x for x in v]
+                     if isinstance(v, (list, tuple)) else v) for k, v in kwargs.items()}  # fmt: skip
+        given = {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v not in (None, [], ())}
+        module, cfg = None, None
+        try:
+            cfg = config.build(cls, params_file, name, given)
+            module = importlib.import_module(f"asdtool.commands.{stage}")
+            module.run(cfg)
+        except AsdError as exc:
+            error_line(str(exc))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            error_line(_interrupted(module, cfg) if module and cfg else "interrupted")
+            raise typer.Exit(130) from None
+
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = cls.__doc__.split(":", 1)[-1].split("\n\n")[0].strip()
+    command.__name__ = stage
+    return command
+
+
+for _stage, _cls in STAGES.items():
+    app.command(_stage)(make_command(_stage, _cls))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage errors are one line and exit code 1 (not click's box and code 2)."""
+    try:
+        code = app(args=argv, prog_name="asdtool", standalone_mode=False)
+    except _click.NoArgsIsHelpError:
+        return 0  # the help was printed
+    except _click.UsageError as exc:
+        command = f" (see asdtool {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else ""
+        error_line(f"{exc.format_message().replace('Value error, ', '')}{command}")
+        return 1
+    except _click.ClickException as exc:
+        error_line(exc.format_message())
+        return 1
+    except (typer.Abort, KeyboardInterrupt):
+        error_line("interrupted")
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -10,6 +10,7 @@ the synthetic points SMOTE made from it do not count), so decision thresholds ca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from imblearn.over_sampling import SMOTE
@@ -17,15 +18,10 @@ from sklearn.neighbors import NearestNeighbors
 
 from asdtool.errors import AsdError
 from asdtool.store import EMBEDDINGS, Group, Store
+from asdtool.vectors import l2_normalise
 
 SOURCE, TARGET = 0, 1
 _PARENT_TOL = 1e-9  # squared distance of a synthetic point to its parents' segment (unit-norm inputs, float64)
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Return the rows of `x` scaled to unit length (zero rows stay zero), as float64."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -219,3 +215,38 @@ def detect_store(
     # keep the store's group order
     out.scores = {key: out.scores[key] for key in store.groups if key in out.scores}
     return out
+
+
+def detect_to_folder(
+    embeddings: str | Path, out: str | Path, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0,
+    data_root: str | Path | None = None,
+) -> tuple[Store, Detection]:  # fmt: skip
+    """Score every clip of an embedding store and write the score folder `out`; return (store, detection).
+
+    With `data_root`, refuse a store built from another clip list than that data root's.
+    """
+    from asdtool import store as stores
+    from asdtool.data import dcase
+    from asdtool.scorefolder import check_score_folder, write_score_folder
+
+    embeddings, out = Path(embeddings), Path(out)
+    if out.resolve() == embeddings.resolve() or out.resolve() in embeddings.resolve().parents:
+        raise AsdError("--out would replace the embedding store or the folder that holds it", out)
+    check_score_folder(out)
+    emb = stores.read_store(embeddings, EMBEDDINGS)
+    if data_root is not None:
+        emb.check_clips(stores.clips_sha256(dcase.scan(data_root, emb.machines).clips), data_root)
+    result = detect_store(emb, k=k, smote_ratio=smote_ratio, smote_k=smote_k, seed=seed)
+    rows: dict[tuple[str, str, str], dict[str, float]] = {}
+    for (machine, split), group in result.scores.items():
+        for name, score in zip(group.file_names, group.values.tolist()):
+            try:
+                section = dcase.parse_name(name).section
+            except ValueError as exc:
+                raise AsdError(f"/{machine}/{split}: clip {name}: {exc}", embeddings) from None
+            rows.setdefault((machine, section, split), {})[name] = score
+    meta = stores.StoreMeta(
+        model=emb.meta.model, checkpoint_sha256=emb.meta.checkpoint_sha256, clips_sha256=emb.meta.clips_sha256
+    )
+    write_score_folder(out, rows, (meta, result.scores))
+    return emb, result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -45,3 +46,38 @@ def embed_clips(
         bad = int((~np.isfinite(out)).any(axis=1).sum())
         raise AsdError(f"the model produced non-finite embeddings for {bad} clip(s), e.g. {clips[0].path.parent}")
     return out
+
+
+def embed_to_store(
+    model: Path, data_root: Path, out: Path, batch_size: int = 16, device: str = "cpu", amp: bool = True,
+    seconds: float | None = None, name: str | None = None, progress: Callable[[int, int], None] | None = None,
+) -> tuple[dcase.Dataset, dict, str]:  # fmt: skip
+    """Embed every train and test clip of every machine type with a fine-tuned model into the HDF5 store `out`.
+
+    Returns (dataset, {(machine, split): (clips, embeddings)}, device). `progress(advance, total)` per batch.
+    """
+    from asdtool import store
+    from asdtool.atomic import check_output
+    from asdtool.checkpoint import load_finetuned
+
+    check_output(out, folder=False)
+    dataset = dcase.scan(data_root)
+    trained = load_finetuned(model, device)
+    seconds = seconds if seconds is not None else trained.config.seconds
+    dev = next(trained.model.parameters()).device
+    total = len(dataset.clips)
+    groups = {}
+    for machine in dataset.machines:
+        for split in dcase.SPLITS:
+            clips = dataset.select(machine, split)
+            if clips:
+                emb = embed_clips(trained.model, clips, seconds, batch_size, dev, amp,
+                                  (lambda n: progress(n, total)) if progress else None)  # fmt: skip
+                groups[(machine, split)] = (clips, emb)
+    meta = store.StoreMeta(
+        model=name or Path(model).name,
+        checkpoint_sha256=trained.checkpoint_sha256,
+        clips_sha256=store.clips_sha256(dataset.clips),
+    )
+    store.write_embeddings(out, meta, groups)
+    return dataset, groups, str(dev)

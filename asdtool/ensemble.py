@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,16 +19,11 @@ from typing import Sequence
 import numpy as np
 
 from asdtool import metrics
-from asdtool.atomic import atomic_dir
-from asdtool.errors import AsdError
-from asdtool.store import SCORES, Group, StoreMeta, read_store, write_scores
+from asdtool.errors import AsdError, few
+from asdtool.scorefolder import SCORE_STORE, Key
+from asdtool.store import SCORES, Group, StoreMeta, read_store
 
-SCORE_STORE = "scores.h5"
 MAX_GRID_POINTS = 2_000_000
-_SCORE_FILE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d{2})_(?P<split>test|train)\.csv$")
-
-Key = tuple[str, str, str]  # (machine, section, split)
-
 
 # --- score folders ----------------------------------------------------------------------------
 
@@ -59,7 +53,7 @@ def read_score_folder(path: str | Path) -> ScoreFolder:
     path = Path(path)
     if not path.is_dir():
         raise AsdError("score folder does not exist", path)
-    found = [(m, p) for p in path.iterdir() if (m := _SCORE_FILE.match(p.name)) and p.is_file()]
+    found = [(m, p) for p in path.iterdir() if (m := metrics.SCORE_FILE.match(p.name)) and p.is_file()]
     found.sort(key=lambda mp: (mp[0]["split"] != "test", mp[0]["machine"].lower(), mp[0]["section"]))
     files: dict[Key, dict[str, float]] = {}
     for m, p in found:
@@ -78,21 +72,16 @@ def check_same_clips(folders: Sequence[ScoreFolder], split: str = "test") -> Non
         if keys != ref_keys:
             missing = sorted(metrics.score_file_name(m, s, sp) for m, s, sp in ref_keys - keys)
             extra = sorted(metrics.score_file_name(m, s, sp) for m, s, sp in keys - ref_keys)
-            what = "; ".join(x for x in (missing and f"lacks {_some(missing)}", extra and f"has extra {_some(extra)}") if x)
+            what = "; ".join(x for x in (missing and f"lacks {few(missing)}", extra and f"has extra {few(extra)}") if x)
             raise AsdError(f"holds other score files than {ref.path}: {what}", other.path)
         for key in ref.keys(split):
             a, b = set(ref.files[key]), set(other.files[key])
             if a != b:
                 name = metrics.score_file_name(*key)
-                parts = [f"lacks {_some(sorted(a - b))}" if a - b else "", f"has extra {_some(sorted(b - a))}" if b - a else ""]
+                parts = [f"lacks {few(sorted(a - b))}" if a - b else "", f"has extra {few(sorted(b - a))}" if b - a else ""]
                 raise AsdError(
                     f"{name} lists other clips than in {ref.path}: {'; '.join(p for p in parts if p)}", other.path
                 )
-
-
-def _some(names: Sequence[str], n: int = 3) -> str:
-    more = f" and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
 
 
 def read_score_folders(paths: Sequence[str | Path]) -> tuple[list[ScoreFolder], bool]:
@@ -192,15 +181,6 @@ def fused_store(folders: Sequence[ScoreFolder], weights: Sequence[float], fused:
         clips_sha256=stores[0].meta.clips_sha256,
     )
     return meta, groups
-
-
-def write_score_folder(out: str | Path, fused: dict[Key, dict[str, float]], store=None) -> None:
-    """Write fused official CSVs (and a `scores.h5` when given (meta, groups)) atomically as one folder."""
-    with atomic_dir(out) as tmp:
-        for (machine, section, split), rows in fused.items():
-            metrics.write_score_csv(tmp / metrics.score_file_name(machine, section, split), rows)
-        if store is not None:
-            write_scores(tmp / SCORE_STORE, *store)
 
 
 # --- vectorised official score ----------------------------------------------------------------
@@ -352,3 +332,71 @@ def grid_search(
     official, mean = FusionProblem(folders, truths).scores(grid)
     order = np.lexsort((np.arange(len(grid)), -mean, -official))
     return [GridPoint(tuple(round(float(x), 10) for x in grid[i]), float(official[i]), float(mean[i])) for i in order]
+
+
+# --- the whole stage ---------------------------------------------------------------------------
+
+
+@dataclass
+class EnsembleRun:
+    """What `ensemble_to_folder` did: the weights used, the search ranking, the fused metrics."""
+
+    names: list[str]
+    weights: list[float]
+    ranked: list | None  # grid points, best first (None without a search)
+    search_seconds: float
+    summary: dict | None  # official metrics of the fused scores (None without a data root)
+    with_train: bool
+    wrote_store: bool
+
+
+def ensemble_to_folder(
+    scores: Sequence[Path], out: Path, weights: Sequence[float] = (), search: bool = False,
+    data_root: Path | None = None, step: float = 0.1, top: int = 10, search_out: Path | None = None,
+) -> EnsembleRun:  # fmt: skip
+    """Fuse score folders (given weights, or the best of a grid search on `data_root`) into `out`."""
+    import time
+
+    from asdtool.atomic import check_output, write_json
+    from asdtool.data import dcase
+    from asdtool.scorefolder import check_score_folder, write_score_folder
+
+    scores, out = [Path(p) for p in scores], Path(out)
+    if any(out.resolve() == p.resolve() or out.resolve() in p.resolve().parents for p in scores):
+        raise AsdError("--out would replace one of the --scores folders", out)
+    check_score_folder(out)
+    if search_out is not None:
+        check_output(search_out, folder=False)
+    folders, with_train = read_score_folders(scores)
+    names = [p.name for p in scores]
+    truths = metrics.truth_from_dataset(dcase.scan(data_root)) if data_root is not None else None
+    ranked, seconds = None, 0.0
+    if search:
+        simplex_grid(len(folders), step)  # refuse a bad step before the work
+        started = time.perf_counter()
+        ranked = grid_search(folders, truths, step)
+        seconds = time.perf_counter() - started
+        weights = list(ranked[0].weights)
+    fused = fuse(folders, weights, with_train)
+    store = fused_store(folders, weights, fused)
+    summary = None
+    if truths is not None:  # evaluate before writing: a folder that does not fit the truth writes nothing
+        by_machine: dict[str, dict[str, float]] = {}
+        for (machine, _, split), rows in fused.items():
+            if split == "test":
+                by_machine.setdefault(machine, {}).update(rows)
+        summary = metrics.summarize(metrics.evaluate_scores(truths, by_machine))
+    write_score_folder(out, fused, store)
+    if ranked is not None and search_out is not None:
+        result = {
+            "models": names,
+            "score_folders": [str(p) for p in scores],
+            "step": step,
+            "best": {"weights": list(ranked[0].weights), "official_score": ranked[0].official_score},
+            "top": [
+                {"weights": list(p.weights), "official_score": p.official_score, "arithmetic_mean": p.arithmetic_mean}
+                for p in ranked[:top]
+            ],
+        }
+        write_json(search_out, result)
+    return EnsembleRun(names, list(weights), ranked, seconds, summary, with_train, store is not None)

@@ -1,7 +1,8 @@
-"""Feature-level augmentation: SpecAugment masks on the backbones' normalised fbanks.
+"""Features: the kaldi fbank every model computes, and SpecAugment masks on the normalised fbanks.
 
-The fbanks themselves come from each backbone's `.preprocess` (the official kaldi settings of
-BEATs and EAT live next to the models that need them); this module only augments them.
+This is the one module that imports torchaudio (whose compiled part must match torch exactly).
+Each backbone's `.preprocess` calls `kaldi_fbank` with its official settings; the log-mel
+reference detector calls it too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ import torchaudio
 from torch import nn
 
 from asdtool.errors import AsdError
+
+
+def kaldi_fbank(wave: torch.Tensor, **options) -> torch.Tensor:
+    """Return the kaldi-compatible log-mel filterbank [frames, bins] of one wave [1, T] (torchaudio's options)."""
+    return torchaudio.compliance.kaldi.fbank(wave, **options)
 
 
 class SpecAugment(nn.Module):

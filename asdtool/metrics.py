@@ -25,12 +25,13 @@ from sklearn.metrics import roc_auc_score
 
 from asdtool.atomic import atomic_path
 from asdtool.data import dcase
-from asdtool.errors import AsdError
+from asdtool.errors import AsdError, few
 
 MAX_FPR = 0.1
 EPS = sys.float_info.epsilon
 DECISION_QUANTILE = 0.9
-_SCORE_FILE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d{2})_test\.csv$")
+# the name of a submission score file: score_file_name(machine, section, split) matches it
+SCORE_FILE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d{2})_(?P<split>test|train)\.csv$")
 _GT_FILE = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d{2})_test\.csv$")
 
 
@@ -73,9 +74,9 @@ def read_score_csv(path: str | Path) -> dict[str, float]:
     except (OSError, UnicodeDecodeError) as exc:
         raise AsdError(f"cannot read score file ({exc.__class__.__name__})", path) from None
     if duplicates:
-        raise AsdError(f"duplicated clips: {_some(duplicates)}", path)
+        raise AsdError(f"duplicated clips: {few(duplicates)}", path)
     if bad:
-        raise AsdError(f"non-finite scores for {_some(bad)}", path)
+        raise AsdError(f"non-finite scores for {few(bad)}", path)
     if not scores:
         raise AsdError("score file is empty", path)
     return scores
@@ -89,12 +90,6 @@ def write_score_csv(path: str | Path, scores: Mapping[str, float] | Iterable[tup
             writer = csv.writer(f, lineterminator="\n")
             for name, value in items:
                 writer.writerow([name, value if isinstance(value, (int, np.integer)) else repr(float(value))])
-
-
-def _some(names: Sequence[str], n: int = 3) -> str:
-    names = sorted(names)
-    more = f" and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
 
 
 # --- ground truth -----------------------------------------------------------------------------
@@ -176,7 +171,7 @@ def truth_from_folder(folder: str | Path) -> list[SectionTruth]:
         domain = _read_truth_csv(domain_dir / path.name, {"0", "1"})
         if set(label) != set(domain):
             diff = set(label) ^ set(domain)
-            raise AsdError(f"lists other clips than {path} ({_some(list(diff))})", domain_dir / path.name)
+            raise AsdError(f"lists other clips than {path} ({few(diff)})", domain_dir / path.name)
         aliases: dict[str, str] = {}
         attr_path = attr_dir / path.name
         if attr_path.is_file():
@@ -219,12 +214,12 @@ def align_scores(truth: SectionTruth, scores: Mapping[str, float], path: str | P
         else:
             by_truth[key] = value
     if extra:
-        raise AsdError(f"scores clips not in the ground truth: {_some(extra)}", path)
+        raise AsdError(f"scores clips not in the ground truth: {few(extra)}", path)
     if duplicated:
-        raise AsdError(f"scores the same clip under two names: {_some(duplicated)}", path)
+        raise AsdError(f"scores the same clip under two names: {few(duplicated)}", path)
     missing = [n for n in truth.label if n not in by_truth]
     if missing:
-        raise AsdError(f"misses {len(missing)} clip(s) of the ground truth: {_some(missing)}", path)
+        raise AsdError(f"misses {len(missing)} clip(s) of the ground truth: {few(missing)}", path)
     return np.array([by_truth[n] for n in truth.label], dtype=np.float64)
 
 
@@ -257,12 +252,34 @@ def evaluate_sections(truths: Sequence[SectionTruth], score_dir: str | Path) -> 
     score_dir = Path(score_dir)
     if not score_dir.is_dir():
         raise AsdError("score folder does not exist", score_dir)
+    check_score_folder(truths, score_dir)
     # read and check every file before computing anything
     aligned = []
     for t in truths:
         path = score_dir / score_file_name(t.machine, t.section)
         aligned.append((t, align_scores(t, read_score_csv(path), path)))
     return [_section_result(t, s) for t, s in aligned]
+
+
+def check_score_folder(truths: Sequence[SectionTruth], score_dir: str | Path) -> None:
+    """Refuse a test score file in `score_dir` whose machine type and section the ground truth lacks.
+
+    Only `anomaly_score_<machine>_section_NN_test.csv` names count; other files (training-clip
+    scores, decision files, scores.h5, ...) are left alone.
+    """
+    known: dict[str, set[str]] = {}
+    for t in truths:
+        known.setdefault(t.machine, set()).add(t.section)
+    for path in sorted(Path(score_dir).iterdir()):
+        m = SCORE_FILE.match(path.name)
+        if not m or m["split"] != "test" or m["section"] in known.get(m["machine"], ()):
+            continue
+        machine, section = m["machine"], m["section"]
+        if machine in known:
+            hint = f"known sections of {machine}: {', '.join(sorted(known[machine]))}"
+        else:
+            hint = f"known: {', '.join(sorted(known, key=str.lower))}"
+        raise AsdError(f"machine type {machine!r} section {section} is not in the ground truth ({hint})", path)
 
 
 def evaluate_scores(truths: Sequence[SectionTruth], scores: Mapping[str, Mapping[str, float]]) -> list[SectionResult]:

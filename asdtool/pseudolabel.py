@@ -25,7 +25,6 @@ so the same clustering always writes the same file.
 from __future__ import annotations
 
 import csv
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -34,10 +33,11 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from asdtool.atomic import atomic_dir, atomic_path
+from asdtool.atomic import atomic_dir, atomic_path, check_output, write_json
 from asdtool.data import dcase
-from asdtool.data.synth import HIDDEN_ATTRIBUTES_FILE
+from asdtool.data.hidden import HIDDEN_ATTRIBUTES_FILE, read_hidden_attributes
 from asdtool.errors import AsdError
+from asdtool.vectors import l2_normalise
 
 LINKAGES = ("ward", "average", "complete", "single")
 DEFAULT_K_RANGE = range(2, 31)
@@ -121,13 +121,6 @@ def plan_counts(dataset: dcase.Dataset, counts: Mapping[str, int]) -> dict[str, 
 # ----------------------------------------------------------------------------- clustering
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Return the rows of `x` scaled to unit length (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0)
-
-
 def cluster(embeddings: np.ndarray, k: int, linkage: str = "ward") -> np.ndarray:
     """Return AHC cluster ids [N] in 0..k-1 of L2-normalised `embeddings`, numbered largest cluster first."""
     from sklearn.cluster import AgglomerativeClustering
@@ -182,14 +175,6 @@ def suggest_clusters(embeddings: np.ndarray, k_range: Sequence[int] = DEFAULT_K_
                 scores[int(k)] = s
     best = max(scores, key=lambda k: (scores[k], -k)) if scores else None
     return Suggestion(scores, best)
-
-
-def read_hidden_attributes(path: str | Path) -> dict[tuple[str, str], str]:
-    """Return {(machine, file_name): hidden attribute string} from a synthetic set's hidden_attributes.csv."""
-    from asdtool.data.synth import read_hidden_rows
-
-    # file_name is the path under the data root (<machine>/<split>/<name>); clips are keyed by name
-    return {(m, name.rsplit("/", 1)[-1]): hidden for m, name, hidden in read_hidden_rows(path)}
 
 
 def adjusted_rand(labels: np.ndarray, truth: Sequence[str]) -> float:
@@ -363,7 +348,7 @@ def pseudo_label(
     `progress(clips_done_now, total_clips)` follows the embedding. Nothing is written here.
     """
     from asdtool.embed import embed_clips
-    from asdtool.train import load_finetuned
+    from asdtool.checkpoint import load_finetuned
 
     if linkage not in LINKAGES:
         raise AsdError(f"unknown linkage {linkage!r}; use one of {', '.join(LINKAGES)}")
@@ -438,18 +423,9 @@ def output_paths(out: str | Path, plots: str | Path | None = None) -> OutputPath
     out = Path(out)
     plots = Path(plots) if plots is not None else out.with_name(f"{out.stem}_umap")
     summary = out.with_name(f"{out.stem}.summary.json")
-    if out.is_dir():
-        raise AsdError("is a folder; --out names the pseudo-label CSV file to write", out)
-    if plots.exists() and not plots.is_dir():
-        raise AsdError("is a file; --plots names a folder to write the UMAP plots into", plots)
-    if summary.is_dir():
-        raise AsdError("is a folder, where the summary JSON goes", summary)
-    for p in (out.parent, plots.parent):
-        for parent in (p, *p.parents):
-            if parent.exists():
-                if not parent.is_dir():
-                    raise AsdError("is a file, not a folder", parent)
-                break
+    check_output(out, folder=False)
+    check_output(plots, folder=True, ours=lambda name: name.endswith(".png"))
+    check_output(summary, folder=False)
     if len({out.resolve(), plots.resolve(), summary.resolve()}) < 3:
         raise AsdError("--plots must differ from the labels and summary files", plots)
     return OutputPaths(out, plots, summary)
@@ -474,6 +450,20 @@ def write_outputs(result: PseudoLabels, paths: OutputPaths) -> None:
     summary = result.summary()
     summary["labels"] = str(paths.labels)
     summary["plots"] = str(paths.plots) if any(mc.umap is not None for mc in result.machines.values()) else None
-    with atomic_path(paths.summary) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(paths.summary, summary)
     write_labels_csv(paths.labels, result.rows())
+
+
+def pseudolabel_to_files(
+    model: str | Path, data_root: str | Path, out: str | Path, clusters: Sequence[str] = (), plots: str | Path | None = None,
+    suggest: bool = False, suggest_range: str = "2-30", linkage: str = "ward", seconds: float | None = None,
+    batch_size: int = 16, device: str = "cpu", seed: int = 0, progress: Callable[[int, int], None] | None = None,
+) -> tuple[PseudoLabels, OutputPaths]:  # fmt: skip
+    """Cluster, then write the labels CSV, the summary JSON and the UMAP plots; return the result and the paths."""
+    counts = parse_cluster_counts(clusters)
+    k_range = parse_k_range(suggest_range)
+    paths = output_paths(out, plots)
+    result = pseudo_label(model, data_root, counts, seconds=seconds, batch_size=batch_size, device=device, seed=seed,
+                          linkage=linkage, suggest=suggest, k_range=k_range, plots=True, progress=progress)  # fmt: skip
+    write_outputs(result, paths)
+    return result, paths

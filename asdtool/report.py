@@ -65,3 +65,22 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 1 else "---:" for i, _ in enumerate(header)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def write_tables(metrics_dir: str | Path, out: str | Path, models: Sequence[str], systems: Sequence[str]) -> list[tuple]:
+    """Write single_models.md and/or systems.md into `out`; return their (title, header, rows)."""
+    from asdtool.atomic import atomic_path
+
+    metrics_dir, out = Path(metrics_dir), Path(out)
+    by_model = {m: read_metrics(metrics_dir / f"{m}.json") for m in models}
+    by_system = {s: read_metrics(metrics_dir / f"{s}.json") for s in systems}
+    tables = []
+    if by_model:
+        tables.append(("single_models.md", "Single models: hmean per machine type (%)", *single_model_rows(by_model)))
+    if by_system:
+        tables.append(("systems.md", "Systems: AUC (source), AUC (target), pAUC and hmean (%)", *system_rows(by_system)))
+    out.mkdir(parents=True, exist_ok=True)
+    for file_name, title, header, rows in tables:
+        with atomic_path(out / file_name) as tmp:
+            tmp.write_text(f"# {title}\n\n" + markdown(header, rows), encoding="utf-8")
+    return [t[1:] for t in tables]

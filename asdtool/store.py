@@ -62,19 +62,6 @@ def clips_sha256(clips: Iterable[dcase.Clip]) -> str:
     return keys_sha256(clip_keys(clips))
 
 
-def file_sha256(path: str | Path) -> str:
-    """Return the sha256 of a file's content (a checkpoint's fingerprint)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as exc:
-        raise AsdError(f"cannot read file to fingerprint it ({exc.__class__.__name__})", path) from None
-    return h.hexdigest()
-
-
 # --- records ----------------------------------------------------------------------------------
 
 

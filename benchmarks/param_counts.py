@@ -11,8 +11,8 @@ import warnings
 
 import torch
 
+from asdtool.models import count_parameters
 from asdtool.models.classifier import build_classifier
-from asdtool.models.lora import count_parameters
 
 # Table 1 of the paper: (total, trainable) in millions
 PAPER = {

@@ -1,8 +1,10 @@
+import struct
+
 import numpy as np
 import pytest
 import soundfile as sf
 
-from asdtool.data.audio import fit_length, read_clip, read_clips
+from asdtool.data.audio import check_audio, fit_length, read_clip, read_clips, wav_data_extent
 from asdtool.errors import AsdError
 
 from .conftest import write_wave
@@ -57,3 +59,121 @@ def test_empty_audio(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(AsdError, match="cannot read audio"):
         read_clip(tmp_path / "none.wav")
+
+
+def _riff(chunks: list[tuple[bytes, bytes]], declared: dict[bytes, int] | None = None) -> bytes:
+    """Return a RIFF/WAVE file of `chunks` (id, body), each padded to even length; `declared` overrides sizes."""
+    body = b"WAVE"
+    for cid, data in chunks:
+        size = (declared or {}).get(cid, len(data))
+        body += cid + struct.pack("<I", size) + data + (b"\0" if len(data) % 2 else b"")
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _fmt(block_align: int = 2, tag: int = 1, bits: int = 16) -> bytes:
+    return struct.pack("<HHIIHH", tag, 1, 16000, 16000 * block_align, block_align, bits)
+
+
+def _pcm(n: int, seed: int = 0) -> bytes:
+    return (np.random.default_rng(seed).integers(-3000, 3000, n).astype("<i2")).tobytes()
+
+
+def test_truncated_wav_is_refused(tmp_path):
+    p = write_wave(tmp_path / "a.wav", seconds=1.0)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])  # 44-byte header: 16022 bytes, 15978 of them audio
+    with pytest.raises(AsdError) as e:
+        read_clip(p)
+    assert str(e.value) == f"{p}: truncated audio: the header declares 16000 frames, the file holds 7989"
+    with pytest.raises(AsdError, match="truncated audio"):
+        check_audio(p)
+
+
+def test_wav_cut_mid_frame_and_to_its_header(tmp_path):
+    p = write_wave(tmp_path / "a.wav", seconds=1.0)
+    data = p.read_bytes()
+    p.write_bytes(data[:1045])  # 1001 audio bytes: 500 whole frames
+    with pytest.raises(AsdError, match=r"declares 16000 frames, the file holds 500$"):
+        read_clip(p)
+    p.write_bytes(data[:44])  # header only: libsndfile alone would call it empty
+    with pytest.raises(AsdError, match=r"declares 16000 frames, the file holds 0$"):
+        read_clip(p)
+
+
+def test_wav_with_trailing_chunks_loads(tmp_path):
+    pcm = _pcm(1600)
+    p = tmp_path / "a.wav"
+    p.write_bytes(_riff([(b"fmt ", _fmt()), (b"data", pcm), (b"LIST", b"INFOISFT\x05\x00\x00\x00tool\x00")]))
+    assert wav_data_extent(p) == (3200, 3200, 2, 1)
+    wave = read_clip(p, seconds=None)
+    np.testing.assert_array_equal(wave, np.frombuffer(pcm, "<i2").astype(np.float32) / 32768)
+    p.write_bytes(p.read_bytes() + b"junk that is no chunk")
+    assert read_clip(p, seconds=None).shape == (1600,)
+
+
+def test_odd_sized_chunk_before_data_is_padded(tmp_path):
+    pcm = _pcm(1600)
+    p = tmp_path / "a.wav"
+    p.write_bytes(_riff([(b"fmt ", _fmt()), (b"junk", b"abc"), (b"data", pcm)]))
+    assert wav_data_extent(p) == (3200, 3200, 2, 1)
+    assert read_clip(p, seconds=None).shape == (1600,)
+    p.write_bytes(p.read_bytes()[:-1000])
+    with pytest.raises(AsdError, match=r"declares 1600 frames, the file holds 1100$"):
+        read_clip(p)
+
+
+def test_wav_block_align_and_other_encodings(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (0.1 * rng.standard_normal(1600)).astype(np.float32)
+    for subtype, fmt, align in (("FLOAT", "WAV", 4), ("PCM_24", "WAVEX", 3)):
+        p = tmp_path / f"{subtype}.wav"
+        sf.write(str(p), x, 16000, format=fmt, subtype=subtype)
+        declared, held, block_align, _ = wav_data_extent(p)
+        assert (declared, held, block_align) == (1600 * align, 1600 * align, align)
+        p.write_bytes(p.read_bytes()[: -align * 100 - 1])
+        with pytest.raises(AsdError, match=r"declares 1600 frames, the file holds 1499$"):
+            read_clip(p)
+    # a compressed encoding: the block is not one frame, so the message counts bytes
+    p = tmp_path / "adpcm.wav"
+    sf.write(str(p), x, 16000, subtype="IMA_ADPCM")
+    declared, _, _, _ = wav_data_extent(p)
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(AsdError, match=rf"declares {declared} bytes of audio data, the file holds {declared - 100}$"):
+        read_clip(p)
+
+
+def test_unknown_data_size_and_rf64_skip_the_header_check(tmp_path):
+    p = tmp_path / "a.wav"
+    p.write_bytes(_riff([(b"fmt ", _fmt()), (b"data", _pcm(1600))], declared={b"data": 0xFFFFFFFF}))
+    assert wav_data_extent(p) is None
+    x = np.zeros(1600, np.float32)
+    sf.write(str(p), x, 16000, format="RF64", subtype="PCM_16")
+    assert wav_data_extent(p) is None
+    assert read_clip(p, seconds=None).shape == (1600,)
+    sf.write(str(tmp_path / "a.flac"), x, 16000)
+    assert wav_data_extent(tmp_path / "a.flac") is None
+
+
+def test_other_formats_must_decode_every_frame(tmp_path, monkeypatch):
+    x = (0.1 * np.random.default_rng(0).standard_normal(1600)).astype(np.float32)
+    p = tmp_path / "a.flac"
+    sf.write(str(p), x, 16000)
+    assert read_clip(p, seconds=None).shape == (1600,)
+    real_read = sf.read
+    monkeypatch.setattr(sf, "read", lambda *a, **k: (real_read(*a, **k)[0][:1500], 16000))
+    with pytest.raises(AsdError) as e:
+        read_clip(p)
+    assert str(e.value) == f"{p}: truncated audio: the header declares 1600 frames, only 1500 decode"
+    # a truncated FLAC stream fails while decoding
+    monkeypatch.undo()
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AsdError, match=r"a\.flac: (cannot decode audio|truncated audio)"):
+        read_clip(p)
+
+
+def test_nan_audio_is_refused(tmp_path):
+    p = tmp_path / "nan.wav"
+    sf.write(str(p), np.array([0.0, np.nan, 0.1], np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AsdError, match="holds non-finite samples"):
+        read_clip(p)

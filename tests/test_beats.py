@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import asdtool.data.audio
 from asdtool.errors import AsdError
-from asdtool.models import beats, load_backbone
+from asdtool.models import BACKBONES, SIZES, beats, load_backbone
 
 from .conftest import reference_errors_on_reproducible_fft
 
@@ -100,11 +109,22 @@ def test_sdpa_and_math_paths_agree_on_tiny_random_model():
 
 def test_base_is_iter3_with_90_3m_parameters():
     with torch.device("meta"):
-        m = beats.BEATs(beats.BEATsConfig(**beats.SIZES["base"]))
+        m = beats.BEATs(beats.SIZES["base"])
     n = sum(p.numel() for p in m.parameters())  # the shared position table counts once
     assert n == 90_311_792
     assert round(n / 1e5) / 10 == 90.3
     assert m.embed_dim == 768 and len(m.encoder.layers) == 12
+    assert (m.num_layers, m.num_heads) == (12, 12) and m.encoder.layers[0].self_attn.num_heads == 12
+
+
+def test_sizes_are_configs():
+    base, tiny = beats.SIZES["base"], beats.SIZES["tiny"]
+    assert isinstance(base, beats.BEATsConfig) and isinstance(tiny, beats.BEATsConfig)
+    assert (base.encoder_layers, base.encoder_embed_dim, base.max_distance, base.deep_norm) == (12, 768, 800, True)
+    tiny_shape = (tiny.encoder_layers, tiny.encoder_embed_dim, tiny.encoder_attention_heads, tiny.embed_dim)
+    assert tiny_shape == (4, 192, 4, 128)
+    assert beats.load(size="tiny", dropout=0.3).cfg == beats.BEATsConfig(**{**vars(tiny), "dropout": 0.3})
+    assert tiny.dropout == 0.0  # load copies the size's config before overriding
 
 
 def test_relative_position_buckets():
@@ -156,7 +176,7 @@ def test_round_trip_of_random_tiny_model(tmp_path):
 def test_extra_key_is_rejected(official, tmp_path):
     ckpt = {"cfg": official["cfg"], "model": {**official["model"], "encoder.extra.weight": torch.zeros(1)}}
     path = save(tmp_path, ckpt)
-    with pytest.raises(AsdError, match=r"unexpected keys \(1: encoder\.extra\.weight\)") as error:
+    with pytest.raises(AsdError, match=r"unexpected keys \(encoder\.extra\.weight\)") as error:
         beats.load(path)
     assert str(path) in str(error.value)
 
@@ -164,7 +184,7 @@ def test_extra_key_is_rejected(official, tmp_path):
 def test_missing_key_is_rejected_under_its_official_name(official, tmp_path):
     state = {k: v for k, v in official["model"].items() if k != "encoder.pos_conv.0.weight_g"}
     path = save(tmp_path, {"cfg": official["cfg"], "model": state})
-    with pytest.raises(AsdError, match=r"missing keys \(1: encoder\.pos_conv\.0\.weight_g\)"):
+    with pytest.raises(AsdError, match=r"missing keys \(encoder\.pos_conv\.0\.weight_g\)"):
         beats.load(path)
 
 
@@ -177,19 +197,57 @@ def test_wrong_shape_is_rejected(official, tmp_path):
 def test_predictor_of_finetuned_checkpoint_is_dropped_with_warning(official, model, io, tmp_path):
     state = {**official["model"], "predictor.weight": torch.zeros(527, 64), "predictor.bias": torch.zeros(527)}
     path = save(tmp_path, {"cfg": {**official["cfg"], "finetuned_model": True}, "model": state})
-    with pytest.warns(UserWarning, match=r"dropped the AudioSet classifier head \(2: predictor\.bias"):
+    with pytest.warns(UserWarning, match=r"dropped the AudioSet classifier head \(predictor\.bias"):
         m = beats.load(path)
     assert m.cfg.finetuned_model is False
     with torch.no_grad():
         assert torch.equal(m.encode(io["fbank"]), model.encode(io["fbank"]))
 
 
-def test_garbage_file_is_rejected(tmp_path):
+@pytest.mark.parametrize("content", [b"this is not a checkpoint\n" * 10, random.Random(0).randbytes(4096), b""])
+def test_garbage_file_is_rejected(tmp_path, content):
     path = tmp_path / "garbage.pt"
-    path.write_bytes(b"this is not a checkpoint\n" * 10)
-    with pytest.raises(AsdError, match="cannot read as a PyTorch checkpoint") as error:
+    path.write_bytes(content)
+    with pytest.raises(AsdError) as error:
         beats.load(path)
-    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a checkpoint: cannot read it as a PyTorch file (") and "\n" not in message
+    assert "weights_only" not in message.lower().replace(" ", "_")  # not PyTorch's weights-only advice
+
+
+def test_checkpoint_filter_returns_config_and_renamed_state(official):
+    config, state = beats.checkpoint_filter_official(official, CKPT)
+    assert config == beats.BEATsConfig(**official["cfg"])
+    assert "encoder.pos_conv.0.parametrizations.weight.original0" in state
+    assert "encoder.pos_conv.0.weight_g" not in state
+    assert state.keys() == beats.BEATs(config).state_dict().keys()
+
+
+class _Payload:
+    """Unpickles as os.system creating `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_code_in_a_checkpoint_is_refused_and_never_run(official, tmp_path):
+    marker = tmp_path / "marker"
+    path = save(tmp_path, {**official, "label_dict": _Payload(marker)})
+    with pytest.raises(AsdError) as error:
+        beats.load(path)
+    system = f"{os.system.__module__}.system"
+    assert str(error.value) == f"{path}: refuses to load class {system!r} from the checkpoint (not a tensor or config)"
+    assert not marker.exists()
+
+
+def test_fairseq_dictconfig_checkpoint_is_pointed_to_eat():
+    path = FIXTURES / "eat_tiny_fairseq_omegaconf.pt"
+    with pytest.raises(AsdError, match="not a BEATs checkpoint.*load it as the eat backbone") as error:
+        beats.load(path)
+    assert str(path) in str(error.value)
 
 
 def test_eat_checkpoint_is_rejected():
@@ -204,7 +262,7 @@ def test_eat_checkpoint_is_rejected():
     [
         ({"model": {}}, "expected a dict with 'cfg' and 'model'"),
         ([1, 2], "expected a dict with 'cfg' and 'model'"),
-        ({"cfg": {"encoder_layers": 2, "bogus": 1}, "model": {}}, r"unknown cfg keys \(1: bogus\)"),
+        ({"cfg": {"encoder_layers": 2, "bogus": 1}, "model": {}}, r"unknown cfg keys \(bogus\)"),
     ],
 )
 def test_foreign_layouts_are_rejected(tmp_path, ckpt, message):
@@ -241,3 +299,61 @@ def test_too_short_clip_is_rejected():
     m = beats.load(size="tiny")
     with pytest.raises(AsdError, match="too short"):
         m(torch.zeros(1, 2000))
+
+
+# ----------------------------------------------------------------------------- the shared backbone contract
+
+CONTRACT = {  # backbone -> (config class, checkpoint filters, exporters)
+    "beats": ("BEATsConfig", ["checkpoint_filter_official"], ["to_official"]),
+    "eat": ("EATConfig", ["checkpoint_filter_fairseq", "checkpoint_filter_hf"], ["to_fairseq", "to_hf"]),
+}
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_backbones_share_one_contract(name):
+    module = importlib.import_module(f"asdtool.models.{name}")
+    config_name, filters, exporters = CONTRACT[name]
+    config_class = getattr(module, config_name)
+    assert set(module.SIZES) == set(SIZES)
+    assert all(type(config) is config_class for config in module.SIZES.values())
+    assert list(inspect.signature(module.load).parameters) == ["checkpoint", "size", "overrides"]
+    assert sorted(n for n in vars(module) if n.startswith("checkpoint_filter_")) == sorted(filters)
+    assert sorted(n for n in vars(module) if n.startswith("to_")) == sorted(exporters)
+    assert not {"from_official", "read_official", "_read_torch"} & set(vars(module))  # the names before
+    assert module.SAMPLE_RATE is asdtool.data.audio.SAMPLE_RATE
+
+    torch.manual_seed(0)
+    model = load_backbone(name, size="tiny")
+    assert (model.embed_dim, model.num_layers, model.num_heads) == (192, 4, 4)
+    attention = model.encoder.layers[0].self_attn if name == "beats" else model.blocks[0].attn
+    assert attention.num_heads == 4 and not hasattr(attention, "n_head")
+    wave = torch.randn(2, 24000, generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.no_grad():
+        tokens = model(wave)
+        assert torch.equal(tokens, model.encode(model.preprocess(wave)))
+        assert model.set_sdpa(False) is model
+        assert (model(wave) - tokens).abs().max().item() < 1e-5
+    assert tokens.shape[0] == 2 and tokens.shape[2] == 192
+
+
+def test_unknown_backbone_or_size_is_rejected():
+    with pytest.raises(AsdError, match="unknown backbone 'wav2vec'; choose one of beats, eat"):
+        load_backbone("wav2vec")
+    with pytest.raises(AsdError, match="unknown backbone size 'huge'"):
+        load_backbone("eat", size="huge")
+
+
+def test_models_package_imports_no_backbone_until_one_is_built():
+    code = """
+import json, sys
+import asdtool.models, asdtool.models.classifier
+from asdtool.models.classifier import CLASSIFIERS
+before = sorted(m for m in ("asdtool.models.beats", "asdtool.models.eat") if m in sys.modules)
+asdtool.models.load_backbone("eat", size="tiny")
+after = sorted(m for m in ("asdtool.models.beats", "asdtool.models.eat") if m in sys.modules)
+print(json.dumps([before, after, list(CLASSIFIERS)]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after, classifiers = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == [] and after == ["asdtool.models.eat"]
+    assert classifiers == ["beats", "eat", "dual"]

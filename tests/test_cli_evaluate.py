@@ -95,3 +95,26 @@ def test_evaluate_writes_roc_curves(tiny_root, tmp_path):
     fpr = [float(x.split(",")[0]) for x in lines[1:]]
     assert fpr == sorted(fpr)
     assert sorted(p.name for p in (tmp_path / "roc").iterdir()) == ["roc_fan.csv", "roc_gearbox.csv"]
+
+
+def test_evaluate_refuses_score_file_of_machine_not_in_truth(tiny_root, tmp_path):
+    scores = tmp_path / "scores"
+    _write_scores(tiny_root, scores)
+    stray = scores / "anomaly_score_pump_section_00_test.csv"
+    stray.write_text((scores / "anomaly_score_fan_section_00_test.csv").read_text())
+    out = tmp_path / "metrics.json"
+    r = runner.invoke(app, ["evaluate", "--scores", str(scores), "--data-root", str(tiny_root), "--out", str(out), "--decisions"])
+    assert r.exit_code == 1
+    text = " ".join(r.output.split())  # rich may wrap a long line
+    assert f"{stray}: machine type 'pump' section 00 is not in the ground truth (known: fan, gearbox)" in text
+    assert not out.exists() and not list(scores.glob("decision_result_*"))
+
+
+def test_evaluate_refuses_empty_machine_folder(tiny_root, tmp_path):
+    scores = tmp_path / "scores"
+    _write_scores(tiny_root, scores)
+    (tiny_root / "pump" / "train").mkdir(parents=True)
+    (tiny_root / "pump" / "test").mkdir()
+    r = runner.invoke(app, ["evaluate", "--scores", str(scores), "--data-root", str(tiny_root)])
+    assert r.exit_code == 1
+    assert "pump: machine folder holds no clips (train/ and test/ are empty)" in " ".join(r.output.split())

@@ -1,6 +1,7 @@
 
 import pytest
 
+from asdtool import trainset
 from asdtool.data import dcase
 from asdtool.errors import AsdError
 
@@ -67,7 +68,7 @@ def test_scan_records_and_classes(tiny_root):
     test = ds.select("fan", "test")
     assert sorted({(c.domain, c.label) for c in test}) == [("source", 0), ("source", 1), ("target", 0), ("target", 1)]
     # one class per (machine type, attribute combination); noAttribute is one class
-    assert ds.class_labels() == {"fan/m-n_W": 0, "fan/m-n_X": 1, "gearbox/noAttribute": 2}
+    assert trainset.training_set(ds).class_map == {"fan/m-n_W": 0, "fan/m-n_X": 1, "gearbox/noAttribute": 2}
     assert {c.domain_id for c in test} == {0, 1}
 
 
@@ -150,3 +151,75 @@ def test_attribute_csv_round_trip(tmp_path):
     dcase.write_attribute_csv(path, [("fan/train/a.wav", {"m-n": "W", "x": "1"}), ("fan/train/b.wav", {})])
     assert path.read_text().splitlines()[0] == "file_name,d1p,d1v,d2p,d2v"
     assert dcase.read_attribute_csv(path) == {"fan/train/a.wav": {"m-n": "W", "x": "1"}, "fan/train/b.wav": {}}
+
+
+@pytest.mark.parametrize(
+    "layout, why",
+    [
+        (("train", "test"), "train/ and test/ are empty"),
+        ((), "no train/ or test/ folder"),
+        (("train",), "train/ is empty, test/ is missing"),
+        (("train/notes.txt", "test/clip.flac"), "train/ and test/ hold no .wav files"),
+    ],
+)
+def test_machine_folder_without_clips_is_refused(tiny_root, layout, why):
+    folder = tiny_root / "pump"
+    folder.mkdir()
+    for entry in layout:
+        if "." in entry:
+            (folder / entry).parent.mkdir(parents=True, exist_ok=True)
+            (folder / entry).write_text("x")
+        else:
+            (folder / entry).mkdir()
+    with pytest.raises(AsdError) as e:
+        dcase.scan(tiny_root)
+    assert str(e.value) == f"{folder}: machine folder holds no clips ({why})"
+    with pytest.raises(AsdError, match="machine folder holds no clips"):
+        dcase.scan_machine(tiny_root, "pump")
+    # naming only the other machines still scans them
+    assert dcase.scan(tiny_root, ["fan", "gearbox"]).machines == ["fan", "gearbox"]
+
+
+def test_empty_machine_folder_alone(tmp_path):
+    (tmp_path / "fan" / "train").mkdir(parents=True)
+    (tmp_path / "fan" / "test").mkdir()
+    with pytest.raises(AsdError, match=r"fan: machine folder holds no clips \(train/ and test/ are empty\)$"):
+        dcase.scan(tmp_path)
+
+
+def test_hidden_folders_and_files_beside_machines_are_ignored(tiny_root):
+    before = dcase.scan(tiny_root).clips
+    (tiny_root / ".fan.abc.tmp").mkdir()
+    (tiny_root / "__MACOSX").mkdir()
+    (tiny_root / "hidden_attributes.csv").write_text("machine,file_name,hidden_attributes\n")
+    after = dcase.scan(tiny_root)
+    assert after.machines == ["fan", "gearbox"] and after.clips == before
+    assert [c.path for c in after.clips] == [c.path for c in before]
+
+
+def test_root_with_only_hidden_folders_and_files(tmp_path):
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(AsdError, match=r"no machine folders \(<machine>/train or <machine>/test\) found"):
+        dcase.scan(tmp_path)
+
+
+def test_scan_order_is_case_insensitive_by_machine_then_split_then_name(tmp_path):
+    make_machine(tmp_path, "valve")
+    make_machine(tmp_path, "ToyCar")
+    make_machine(tmp_path, "bearing")
+    ds = dcase.scan(tmp_path)
+    assert ds.machines == ["bearing", "ToyCar", "valve"]
+    keys = [(c.machine.lower(), dcase.SPLITS.index(c.split), c.file_name) for c in ds.clips]
+    assert keys == sorted(keys)
+
+
+def test_attribute_csv_missing_training_clips_are_named(tiny_root):
+    for i in (50, 51):
+        write_wave(tiny_root / "gearbox" / "train" / f"section_00_source_train_normal_00{i}_noAttribute.wav")
+    with pytest.raises(AsdError) as e:
+        dcase.scan(tiny_root)
+    assert str(e.value).endswith(
+        "does not list 2 training clip(s): gearbox/train/section_00_source_train_normal_0050_noAttribute.wav, "
+        "gearbox/train/section_00_source_train_normal_0051_noAttribute.wav"
+    )

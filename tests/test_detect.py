@@ -201,7 +201,7 @@ def test_cli_detect_bad_input_writes_nothing(tmp_path, dataset, case):
         expected = "built from another clip list than"
     else:
         args += ["--k", "0"]
-        expected = "k must be 1 or more"
+        expected = "--k must be at least 1, got 0"
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1
     lines = [line for line in r.output.splitlines() if line.strip()]

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import collections
 import json
+import os
+import pickle
+import random
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from asdtool.data.audio import SAMPLE_RATE
 from asdtool.errors import AsdError
-from asdtool.models import eat, load_backbone
+from asdtool.models import eat, load_backbone, read_checkpoint
 
 from .conftest import reference_errors_on_reproducible_fft
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CKPT = FIXTURES / "eat_tiny.pt"
+# eat_tiny.pt's weights as fairseq saves them: cfg pickled as an OmegaConf DictConfig, plus trainer state
+# (made by fixtures/make_eat_fairseq_omegaconf.py)
+OMEGACONF_CKPT = FIXTURES / "eat_tiny_fairseq_omegaconf.pt"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +47,7 @@ def tiny():
 
 def _wave(seconds: float, batch: int = 2, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return 0.1 * torch.randn(batch, int(seconds * eat.SAMPLE_RATE), generator=g)
+    return 0.1 * torch.randn(batch, int(seconds * SAMPLE_RATE), generator=g)
 
 
 # --- the official reference vectors -----------------------------------------------------------
@@ -233,7 +243,7 @@ def test_many_missing_keys_are_counted(tiny, tmp_path):
     ckpt = eat.to_fairseq(tiny)
     ckpt["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("blocks.3.")}
     torch.save(ckpt, tmp_path / "short.pt")
-    with pytest.raises(AsdError, match=r"\(12 in all\)"):
+    with pytest.raises(AsdError, match=r"lacks keys .* and 7 more"):  # 12 missing, 5 shown
         eat.load(tmp_path / "short.pt")
 
 
@@ -274,25 +284,6 @@ def test_other_layouts_raise(tmp_path):
         eat.load(tmp_path / "hf")
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (Path.touch, (Path(self.target),))
-
-
-def test_foreign_pickled_objects_load_inert(tiny, tmp_path):
-    # fairseq checkpoints also pickle training state; such objects must neither block nor execute.
-    canary = tmp_path / "canary"
-    exploit = _Exploit()
-    exploit.target = str(canary)
-    ckpt = eat.to_fairseq(tiny)
-    ckpt["extra_state"] = {"metrics": exploit}
-    torch.save(ckpt, tmp_path / "fairseq.pt")
-    loaded = eat.load(tmp_path / "fairseq.pt")
-    assert not canary.exists()
-    with torch.no_grad():
-        assert torch.equal(loaded(_wave(1.0)), tiny(_wave(1.0)))
-
-
 def test_overrides(tiny, tmp_path):
     assert eat.load(size="tiny", depth=2).cfg.depth == 2
     assert eat.load(size="tiny", sdpa=False).blocks[0].attn.use_sdpa is False
@@ -302,3 +293,157 @@ def test_overrides(tiny, tmp_path):
     with pytest.raises(AsdError, match="conflicts"):
         eat.load(tmp_path / "eat.pt", depth=12)
     assert eat.load(tmp_path / "eat.pt", sdpa=False).blocks[0].attn.use_sdpa is False
+
+
+# --- fairseq checkpoints: OmegaConf config, trainer state, restricted unpickling ------------------
+
+
+@pytest.fixture
+def no_omegaconf(monkeypatch):
+    """Make omegaconf and fairseq unimportable (dvc installs omegaconf; loading must not need it)."""
+    for name in [m for m in sys.modules if m.split(".")[0] in ("omegaconf", "fairseq")] + ["omegaconf", "fairseq"]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_dictconfig_checkpoint_gives_the_same_model(official, no_omegaconf):
+    with pytest.warns(UserWarning, match=r"dropped 14 pre-training-only .*decoder"):
+        model = eat.load(OMEGACONF_CKPT)
+    assert model.cfg == official.cfg
+    assert model.state_dict().keys() == official.state_dict().keys()
+    assert all(torch.equal(v, official.state_dict()[k]) for k, v in model.state_dict().items())
+    wave = _wave(2.0)
+    with torch.no_grad():
+        assert torch.equal(model(wave), official(wave))
+
+
+def test_dictconfig_becomes_plain_data(no_omegaconf):
+    plain = torch.load(CKPT, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(OMEGACONF_CKPT)
+    assert set(ckpt) == {"args", "cfg", "model"}  # optimizer, meters and task state are left out
+    assert ckpt["args"] is None
+    cfg = ckpt["cfg"]
+    assert type(cfg) is dict and type(cfg["model"]) is dict and type(cfg["optimization"]["lr"]) is list
+    # every value node gives its plain value; interpolations stay the strings they are in the file
+    assert cfg["model"] == {"_name": "data2vec_multi", **plain["cfg"]["model"]}
+    assert cfg["model"]["modalities"]["image"]["model_depth"] == "${model.depth}"
+    assert cfg["task"]["input_size"] == [1024, 128] and cfg["scoring"] is None
+    assert cfg["optimizer"]["groups"]["default"]["optimizer"]["adam_betas"] == [0.9, 0.95]
+    # the typed section (dataclass schema and enum of classes absent here) gives plain values too
+    assert cfg["common"] == {
+        "_name": None, "no_progress_bar": False, "log_interval": 200, "log_format": "simple", "seed": 1,
+        "fp16": True, "fp16_init_scale": 128, "min_loss_scale": 0.0001, "user_dir": "EAT",
+    }  # fmt: skip
+    assert ckpt["model"].keys() == plain["model"].keys()
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in plain["model"].items())
+    assert "omegaconf" not in repr(ckpt["cfg"])
+
+
+class _Payload:
+    """Unpickles as os.system creating `marker`: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_code_in_a_checkpoint_is_refused_and_never_run(tiny, tmp_path):
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_Payload(control)))  # plain pickle does run it
+    assert control.exists()
+
+    marker = tmp_path / "marker"
+    ckpt = eat.to_fairseq(tiny)
+    ckpt["extra_state"] = {"metrics": {"train": _Payload(marker)}, "previous_best": 0.5}
+    path = tmp_path / "hostile.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(AsdError) as e:
+        eat.load(path)
+    system = f"{os.system.__module__}.system"  # posix.system
+    assert str(e.value) == f"{path}: refuses to load class {system!r} from the checkpoint (not a tensor or config)"
+    assert not marker.exists()
+
+
+class _Meter:
+    def __init__(self):
+        self.val = 1.0
+
+
+class _Tracks(list):
+    pass
+
+
+def _qualname(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@pytest.mark.parametrize(
+    "payload, refused",
+    [
+        (_Meter(), _qualname(_Meter)),  # an instance (NEWOBJ + BUILD)
+        (_Tracks([1, 2]), _qualname(_Tracks)),  # a list subclass: pickle fails on the stand-in
+        ({"factory": _Meter}, _qualname(_Meter)),  # a class named but never called
+        (collections.defaultdict(_Meter), _qualname(_Meter)),
+        (Path("x").touch, "builtins.getattr"),  # a bound method, pickled through getattr
+    ],
+    ids=["instance", "list-subclass", "class", "defaultdict-factory", "method"],
+)
+def test_any_other_class_is_refused(tiny, tmp_path, payload, refused):
+    ckpt = eat.to_fairseq(tiny)
+    ckpt["extra_state"] = {"metrics": payload}
+    path = tmp_path / "foreign.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(AsdError) as e:
+        eat.load(path)
+    assert str(e.value) == f"{path}: refuses to load class {refused!r} from the checkpoint (not a tensor or config)"
+
+
+def test_trainer_state_of_allowed_types_is_read_and_left_out(tiny, tmp_path):
+    import argparse
+
+    ckpt = eat.to_fairseq(tiny)
+    ckpt["args"] = argparse.Namespace(arch="data2vec_multi", lr=[0.0005], seed=np.int64(1))
+    ckpt["extra_state"] = {"best": np.float64(0.5), "curve": np.arange(3.0), "counts": collections.Counter(a=2)}
+    ckpt["last_optimizer_state"] = {"state": {0: {"exp_avg": torch.ones(3)}}}
+    torch.save(ckpt, tmp_path / "state.pt")
+    loaded = read_checkpoint(tmp_path / "state.pt")
+    assert set(loaded) == {"cfg", "model", "args"}
+    assert loaded["args"] == {"arch": "data2vec_multi", "lr": [0.0005], "seed": None}  # numpy values -> None
+    with torch.no_grad():
+        assert torch.equal(eat.load(tmp_path / "state.pt")(_wave(1.0)), tiny(_wave(1.0)))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
+def test_loaded_weights_do_not_depend_on_the_file(tiny, tmp_path, legacy):
+    path = tmp_path / "eat.pt"
+    torch.save(eat.to_fairseq(tiny), path, _use_new_zipfile_serialization=not legacy)
+    model = eat.load(path)
+    path.write_bytes(bytes(path.stat().st_size))  # zip files are memory-mapped while read
+    wave = _wave(1.0)
+    with torch.no_grad():
+        assert torch.equal(model(wave), tiny(wave))
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "random.pt"
+    path.write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(AsdError) as e:
+        eat.load(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: not a checkpoint") and "\n" not in message
+    assert "weights_only" not in message.lower().replace(" ", "_")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, used here only to make one
+def test_torchscript_archive_is_refused_unrun(tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+    with pytest.raises(AsdError, match="not a checkpoint: a TorchScript archive"):
+        eat.load(path)
+
+
+def test_sample_rate_is_the_audio_modules():
+    import asdtool.data.audio
+
+    assert eat.SAMPLE_RATE is asdtool.data.audio.SAMPLE_RATE == 16000

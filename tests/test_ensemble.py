@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from asdtool import ensemble, metrics, store
 from asdtool.cli import app
 from asdtool.errors import AsdError
+from asdtool.scorefolder import write_score_folder
 
 from .test_store import synth_dataset, write_toy_store
 
@@ -55,7 +56,7 @@ def test_weights_one_zero_reproduce_model_a(tmp_path, dataset):
     folders, with_train = ensemble.read_score_folders([a, b])
     assert with_train
     fused = ensemble.fuse(folders, [1.0, 0.0])
-    ensemble.write_score_folder(tmp_path / "ab", fused)
+    write_score_folder(tmp_path / "ab", fused)
     truths = metrics.truth_from_dataset(dataset)
     assert metrics.summarize(metrics.evaluate_sections(truths, tmp_path / "ab")) == metrics.summarize(metrics.evaluate_sections(truths, a))
     for key, rows in folders[0].files.items():  # same clips, same order, same ranking

@@ -9,16 +9,9 @@ import pytest
 import torch
 
 from asdtool.errors import AsdError
-from asdtool.models import load_backbone
+from asdtool.models import count_parameters, load_backbone, lora
 from asdtool.models.classifier import build_classifier
-from asdtool.models.lora import (
-    adapter_state_dict,
-    apply_lora,
-    count_parameters,
-    load_adapter_state_dict,
-    lora_modules,
-    merge_lora,
-)
+from asdtool.models.lora import adapter_state_dict, apply_lora, load_adapter_state_dict, lora_modules
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # peft's notes on non-transformers models
 
@@ -114,8 +107,6 @@ def test_adapter_weights_round_trip(name, tmp_path):
         assert not torch.allclose(a(wave), b(wave))
         load_adapter_state_dict(b, torch.load(tmp_path / "adapters.pt", weights_only=True))
         torch.testing.assert_close(b(wave), a(wave))
-        # merging the adapters into the weights gives the same function
-        torch.testing.assert_close(merge_lora(b)(wave), a(wave), atol=1e-5, rtol=1e-4)
 
 
 def test_adapter_loading_rejects_a_mismatch():
@@ -170,3 +161,12 @@ def test_bad_lora_arguments():
         warnings.simplefilter("ignore")
         with pytest.raises(AsdError, match="cannot apply LoRA"):
             apply_lora(backbone, "beats", rank=4)  # BEATs module names do not exist in EAT
+
+
+def test_count_parameters_counts_shared_tensors_once():
+    shared = torch.nn.Linear(3, 2)
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared, torch.nn.Linear(2, 1))
+    model[3].weight.requires_grad_(False)
+    assert count_parameters(model) == (8 + 3, 8 + 1)
+    # it lives in asdtool.models now; lora.py keeps neither it nor the unused merge helper
+    assert not hasattr(lora, "count_parameters") and not hasattr(lora, "merge_lora")

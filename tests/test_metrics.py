@@ -176,3 +176,55 @@ def test_gamma_decision_threshold():
     assert metrics.decide({"a": thr + 1e-9, "b": thr}, thr) == {"a": 1, "b": 0}
     with pytest.raises(AsdError):
         metrics.decision_threshold([1.0, math.nan, 2.0])
+
+
+def _write_fan_scores(folder):
+    metrics.write_score_csv(folder / "anomaly_score_fan_section_00_test.csv", dict(zip(NAMES, S)))
+    return [_truth("fan", NAMES, Y, D)]
+
+
+def test_score_file_of_unknown_machine_is_refused(tmp_path):
+    truths = _write_fan_scores(tmp_path) + [_truth("bearing", NAMES, Y, D)]
+    metrics.write_score_csv(tmp_path / "anomaly_score_bearing_section_00_test.csv", dict(zip(NAMES, S)))
+    stray = tmp_path / "anomaly_score_pump_section_00_test.csv"
+    metrics.write_score_csv(stray, dict(zip(NAMES, S)))
+    with pytest.raises(AsdError) as e:
+        metrics.evaluate_sections(truths, tmp_path)
+    assert str(e.value) == f"{stray}: machine type 'pump' section 00 is not in the ground truth (known: bearing, fan)"
+
+
+def test_score_file_of_unknown_section_is_refused(tmp_path):
+    truths = _write_fan_scores(tmp_path)
+    stray = tmp_path / "anomaly_score_fan_section_01_test.csv"
+    metrics.write_score_csv(stray, dict(zip(NAMES, S)))
+    with pytest.raises(AsdError) as e:
+        metrics.evaluate_sections(truths, tmp_path)
+    assert str(e.value) == f"{stray}: machine type 'fan' section 01 is not in the ground truth (known sections of fan: 00)"
+
+
+def test_other_files_in_the_score_folder_are_allowed(tmp_path):
+    truths = _write_fan_scores(tmp_path)
+    expected = metrics.summarize(metrics.evaluate_sections(truths, tmp_path))
+    for name in ("scores.h5", "anomaly_score_fan_section_00_train.csv", "anomaly_score_pump_section_00_train.csv",
+                 "decision_result_pump_section_00_test.csv", "notes.txt", "anomaly_score_pump.csv"):
+        (tmp_path / name).write_text("x.wav,0.5\n")
+    (tmp_path / "sub").mkdir()
+    assert metrics.summarize(metrics.evaluate_sections(truths, tmp_path)) == expected
+
+
+def test_score_file_name_pattern():
+    for machine, section, split in (("ToyCar", "00", "test"), ("fan", "01", "train"), ("my-machine_2", "00", "test")):
+        m = metrics.SCORE_FILE.match(metrics.score_file_name(machine, section, split))
+        assert (m["machine"], m["section"], m["split"]) == (machine, section, split)
+    assert metrics.SCORE_FILE.match(metrics.decision_file_name("fan")) is None
+
+
+def test_few_shortens_lists():
+    from asdtool.errors import few
+
+    assert few([]) == ""
+    assert few(["b", "a"]) == "a, b"
+    assert few(["d", "c", "b", "a"]) == "a, b, c and 1 more"
+    assert few("gfedcba", 5) == "a, b, c, d, e and 2 more"
+    assert few(iter(["x", "y"]), 0) == "2 more"
+    assert few([3, 10, 2]) == "10, 2, 3"  # shown and sorted as strings

@@ -41,7 +41,7 @@ def reduced_params() -> dict:
         model.pop("cycle_steps", None)
     for p in params["pseudolabel"].values():
         p["clusters"] = ["gearbox=2", "slider=2", "ToyTrain=2"]
-    params["search"]["search7"]["step"] = 0.5
+    params["ensemble"]["search7"]["step"] = 0.5
     return params
 
 
@@ -51,6 +51,7 @@ def project(tmp_path_factory) -> Path:
     proj = tmp_path_factory.mktemp("pipeline")
     shutil.copytree(ROOT / "asdtool", proj / "asdtool", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
+    shutil.copy(ROOT / ".dvcignore", proj / ".dvcignore")
     (proj / "params.yaml").write_text(yaml.safe_dump(reduced_params(), sort_keys=False))
     _run(["git", "init", "-q"], proj)
     _run(DVC + ["init", "-q"], proj)
@@ -110,6 +111,28 @@ def test_changing_a_model_no_system_reads_leaves_the_systems_alone(project):
     assert {"finetune-pse@beats-pse", "embed@beats-pse", "detect@beats-pse"} <= ran
     assert ran <= {"finetune-pse@beats-pse", "embed@beats-pse", "detect@beats-pse", "evaluate@beats-pse",
                    "ensemble-search7", "evaluate@search7", "report"}  # fmt: skip
+
+
+def _stale(project: Path) -> set[str]:
+    """Return the stages `dvc status` reports as changed."""
+    out = _run(DVC + ["status", "--json"], project)
+    return set(json.loads(out[out.index("{"):]) if "{" in out else {})
+
+
+def test_editing_a_backbone_file_makes_exactly_its_models_stale(project):
+    eat = project / "asdtool" / "models" / "eat.py"
+    original = eat.read_text()
+    assert _stale(project) == set()
+    try:
+        eat.write_text(original + "\n# an edit of the EAT code\n")
+        stale = _stale(project)
+    finally:
+        eat.write_text(original)
+    eat_models = {"eat-full", "eat-lora", "dual"}
+    assert {f"embed@{m}" for m in eat_models | {"eat-pse"}} <= stale
+    assert {f"finetune@{m}" for m in eat_models} | {"finetune-pse@eat-pse", "pseudolabel@eat"} <= stale
+    assert not {s for s in stale if "beats" in s}, sorted(stale)  # BEATs-only stages do not depend on eat.py
+    assert _stale(project) == set()
 
 
 def test_the_paper_params_file_fits_the_pipeline(tmp_path):

@@ -13,12 +13,13 @@ import torch
 from typer.testing import CliRunner
 
 from asdtool import pseudolabel as pl
-from asdtool import train
+from asdtool import checkpoint, train, trainset
 from asdtool.cli import app
 from asdtool.data import dcase
 from asdtool.data.synth import SynthSizes, synthesize
 from asdtool.errors import AsdError
-from asdtool.train import FinetuneConfig, finetune
+from asdtool.config import FinetuneConfig
+from asdtool.train import finetune
 
 from .conftest import make_machine
 
@@ -49,7 +50,8 @@ def stage_one(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "beats-full"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        finetune(FinetuneConfig(backbone="beats", size="tiny", steps=3, batch_size=4, warmup=1, max_lr=1e-3, seconds=1.0), data, out)
+        finetune(FinetuneConfig(backbone="beats", size="tiny", steps=3, batch_size=4, warmup=1, max_lr=1e-3, seconds=1.0,
+                                 data_root=data, out=out))
     return out
 
 
@@ -86,9 +88,9 @@ def test_labels_cover_exactly_the_training_clips_without_attributes(data, cli_ru
 def test_labels_round_trip_into_training_classes(data, cli_run):
     out, _ = cli_run
     rows = list(csv.reader(out.open(newline="")))[1:]
-    assert train.read_pseudo_labels(out) == {(m, f): k for f, m, k in rows}
+    assert trainset.read_pseudo_labels(out) == {(m, f): k for f, m, k in rows}
     ds = dcase.scan(data)
-    tset = train.training_set(ds, out)
+    tset = trainset.training_set(ds, out)
     pseudo = {f"{m}/pseudo_{k}" for m in HIDDEN for k in range(COUNTS[m])}
     fan = {c.class_key for c in ds.select("fan", "train")}
     assert set(tset.class_map) == pseudo | fan
@@ -114,7 +116,7 @@ def test_summary_reports_sizes_silhouette_and_ari(cli_run, stage_one):
     out, _ = cli_run
     s = json.loads(out.with_name("beats.summary.json").read_text())
     assert s["model"] == str(stage_one)
-    assert s["checkpoint_sha256"] == train.file_sha256(stage_one / train.CHECKPOINT)
+    assert s["checkpoint_sha256"] == checkpoint.file_sha256(stage_one / checkpoint.CHECKPOINT)
     assert s["linkage"] == "ward" and s["seconds"] == 1.0 and s["suggest_range"] == [2, 6] and s["hidden_truth"]
     assert s["labels"] == str(out) and s["plots"] == str(out.with_name("beats_umap"))
     assert list(s["machines"]) == list(HIDDEN)
@@ -202,9 +204,9 @@ def attributed_only(tmp_path_factory) -> Path:
 def unfinished(stage_one, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("unfinished") / "beats-full"
     folder.mkdir()
-    payload = torch.load(stage_one / train.CHECKPOINT, map_location="cpu", weights_only=False)
+    payload = torch.load(stage_one / checkpoint.CHECKPOINT, map_location="cpu", weights_only=True)
     payload["complete"] = False
-    torch.save(payload, folder / train.CHECKPOINT)
+    torch.save(payload, folder / checkpoint.CHECKPOINT)
     return folder
 
 
@@ -259,8 +261,8 @@ def test_finetune_consumes_the_pseudo_labels(data, cli_run, tmp_path):
     out, _ = cli_run
     model = tmp_path / "beats-pse"
     cfg = FinetuneConfig(backbone="beats", size="tiny", steps=2, batch_size=4, warmup=1, max_lr=1e-3, seconds=1.0,
-                         labels="pseudo", pseudo_labels=str(out))  # fmt: skip
-    result = finetune(cfg, data, model)
+                         labels="pseudo", pseudo_labels=str(out), data_root=data, out=model)  # fmt: skip
+    result = finetune(cfg)
     summary = json.loads((model / train.SUMMARY).read_text())
     fan_classes = len({c.class_key for c in dcase.scan(data).select("fan", "train")})
     assert fan_classes == 4  # 3 source + 1 target attribute sets

@@ -127,14 +127,6 @@ def test_clips_sha256_is_order_free_and_sensitive(dataset):
     assert store.clips_sha256(clips[1:]) != expected
 
 
-def test_file_sha256(tmp_path):
-    p = tmp_path / "ckpt.pt"
-    p.write_bytes(b"x" * 3_000_000)
-    assert store.file_sha256(p) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
-    with pytest.raises(AsdError, match="cannot read"):
-        store.file_sha256(tmp_path / "missing.pt")
-
-
 # --- atomic writes -----------------------------------------------------------------------------
 
 

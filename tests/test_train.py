@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,13 +15,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from asdtool import train
+from asdtool import checkpoint, trainset
 from asdtool.cli import app
 from asdtool.data import dcase
 from asdtool.data.audio import read_clips
 from asdtool.data.synth import SynthSizes, synthesize
 from asdtool.errors import AsdError
-from asdtool.train import FinetuneConfig, finetune, lr_at
+from asdtool.config import FinetuneConfig, read_section
+from asdtool.train import finetune
 
 FIXTURES = Path(__file__).parent / "fixtures"
 runner = CliRunner()
@@ -34,8 +36,14 @@ def data(tmp_path_factory) -> Path:
 
 
 def tiny(**kw) -> FinetuneConfig:
-    base = dict(size="tiny", steps=4, batch_size=4, warmup=1, max_lr=1e-3, seconds=0.5, specaug_mask=0)
+    base = dict(size="tiny", steps=4, batch_size=4, warmup=1, max_lr=1e-3, seconds=0.5, specaug_mask=0,
+                data_root=Path("unset"), out=Path("unset"))  # fmt: skip
     return FinetuneConfig(**{**base, **kw})
+
+
+def fit(cfg: FinetuneConfig, data: Path, out: Path, resume: bool = False, on_step=None):
+    """Run `finetune` on `data` into `out`."""
+    return finetune(dataclasses.replace(cfg, data_root=data, out=out, resume=resume), on_step=on_step)
 
 
 @pytest.fixture(autouse=True)
@@ -45,36 +53,13 @@ def _quiet():
         yield
 
 
-# ----------------------------------------------------------------------------- schedules
-
-
-def test_warmup_linear_schedule():
-    cfg = FinetuneConfig(steps=11, warmup=2, lr=0.0, max_lr=1.0, min_lr=0.0)
-    lrs = [lr_at(s, cfg) for s in range(11)]
-    assert lrs[:2] == [0.5, 1.0]
-    assert lrs[2] == 1.0 and lrs[-1] == 0.0
-    assert lrs[6] == pytest.approx(0.5)
-    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
-
-
-def test_cosine_restarts_schedule():
-    # the paper's LoRA recipe: from 1e-4, 10 warm-up steps to 5e-3, cosine down to 1e-5, restarting
-    cfg = FinetuneConfig(steps=100, warmup=10, lr=1e-4, max_lr=5e-3, min_lr=1e-5, scheduler="cosine-restarts", cycle_steps=50)
-    assert lr_at(0, cfg) == pytest.approx(1e-4 + (5e-3 - 1e-4) / 10)
-    assert lr_at(9, cfg) == pytest.approx(5e-3)
-    assert lr_at(10, cfg) == pytest.approx(5e-3)
-    assert lr_at(49, cfg) == pytest.approx(1e-5)
-    assert lr_at(29, cfg) == pytest.approx(1e-5 + 0.5 * (5e-3 - 1e-5) * (1 + np.cos(np.pi * 19 / 39)))
-    assert lr_at(50, cfg) == lr_at(0, cfg) and lr_at(99, cfg) == lr_at(49, cfg)
-
-
 # ----------------------------------------------------------------------------- every recipe learns
 
 
 def training_loss(model: torch.nn.Module, root: Path, cfg: FinetuneConfig, class_map: dict) -> float:
     """Mean ArcFace loss of the model over all training clips, in eval mode."""
     ds = dcase.scan(root)
-    tset = train.training_set(ds, cfg.pseudo_labels if cfg.labels == "pseudo" else None)
+    tset = trainset.training_set(ds, cfg.pseudo_labels if cfg.labels == "pseudo" else None)
     assert tset.class_map == class_map
     wave = torch.from_numpy(read_clips([c.path for c in tset.clips], cfg.seconds))
     model.eval()
@@ -110,9 +95,9 @@ def test_each_recipe_trains_and_its_loss_falls(data, tmp_path, recipe):
         kw["pseudo_labels"] = str(pseudo_file(data, tmp_path / "pseudo.csv"))
     steps = 16 if kw.get("lora_rank") else 8  # adapters start at zero: LoRA needs a few more steps
     cfg = tiny(steps=steps, batch_size=8, **kw)
-    before = train._build(cfg, len(train.training_set(dcase.scan(data), kw.get("pseudo_labels")).class_map))
-    result = finetune(cfg, data, tmp_path / "m")
-    trained = train.load_finetuned(tmp_path / "m")
+    before = checkpoint.build_model(cfg, len(trainset.training_set(dcase.scan(data), kw.get("pseudo_labels")).class_map))
+    result = fit(cfg, data, tmp_path / "m")
+    trained = checkpoint.load_finetuned(tmp_path / "m")
     start = training_loss(before, data, cfg, trained.class_map)
     end = training_loss(trained.model, data, cfg, trained.class_map)
     assert end < 0.9 * start, (recipe, start, end)
@@ -132,9 +117,9 @@ def test_each_recipe_trains_and_its_loss_falls(data, tmp_path, recipe):
 
 def test_lora_changes_only_adapters_and_head(data, tmp_path):
     cfg = tiny(backbone="beats", lora_rank=4, steps=3)
-    before = {k: v.clone() for k, v in train._build(cfg, 4).state_dict().items()}
-    finetune(cfg, data, tmp_path / "m")
-    after = train.load_finetuned(tmp_path / "m").model.state_dict()
+    before = {k: v.clone() for k, v in checkpoint.build_model(cfg, 4).state_dict().items()}
+    fit(cfg, data, tmp_path / "m")
+    after = checkpoint.load_finetuned(tmp_path / "m").model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "nothing trained"
     assert all("lora_" in k or k.startswith(("branch.head.", "arcface.")) for k in changed), sorted(changed)[:5]
@@ -158,27 +143,27 @@ def _stop_at(step: int):
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(data, tmp_path):
     cfg = tiny(backbone="beats", steps=6, checkpoint_every=2, specaug_mask=20, lora_rank=4)
-    finetune(cfg, data, tmp_path / "whole")
+    fit(cfg, data, tmp_path / "whole")
     with pytest.raises(_Stop):
-        finetune(cfg, data, tmp_path / "cut", on_step=_stop_at(4))
+        fit(cfg, data, tmp_path / "cut", on_step=_stop_at(4))
     # the interrupted run left a resumable checkpoint that does not look complete
     assert not (tmp_path / "cut" / "summary.json").exists()
     with pytest.raises(AsdError, match="did not finish \\(step 4 of 6\\)"):
-        train.load_finetuned(tmp_path / "cut")
-    finetune(cfg, data, tmp_path / "cut", resume=True)
-    a = train.load_finetuned(tmp_path / "whole").model.state_dict()
-    b = train.load_finetuned(tmp_path / "cut").model.state_dict()
+        checkpoint.load_finetuned(tmp_path / "cut")
+    fit(cfg, data, tmp_path / "cut", resume=True)
+    a = checkpoint.load_finetuned(tmp_path / "whole").model.state_dict()
+    b = checkpoint.load_finetuned(tmp_path / "cut").model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "whole" / "train_log.csv").read_text() == (tmp_path / "cut" / "train_log.csv").read_text()
     with pytest.raises(AsdError, match="already finished"):
-        finetune(cfg, data, tmp_path / "cut", resume=True)
+        fit(cfg, data, tmp_path / "cut", resume=True)
 
 
 def test_resume_refuses_changed_options(data, tmp_path):
     with pytest.raises(_Stop):
-        finetune(tiny(steps=4, checkpoint_every=1), data, tmp_path / "m", on_step=_stop_at(2))
+        fit(tiny(steps=4, checkpoint_every=1), data, tmp_path / "m", on_step=_stop_at(2))
     with pytest.raises(AsdError, match="cannot resume: max_lr was 0.001, now 0.002"):
-        finetune(tiny(steps=4, max_lr=2e-3), data, tmp_path / "m", resume=True)
+        fit(tiny(steps=4, max_lr=2e-3), data, tmp_path / "m", resume=True)
 
 
 def test_crash_while_saving_leaves_no_checkpoint(data, tmp_path, monkeypatch):
@@ -186,9 +171,9 @@ def test_crash_while_saving_leaves_no_checkpoint(data, tmp_path, monkeypatch):
         Path(path).write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(train.torch, "save", broken_save)
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
     with pytest.raises(OSError):
-        finetune(tiny(steps=2), data, tmp_path / "m")
+        fit(tiny(steps=2), data, tmp_path / "m")
     assert list((tmp_path / "m").iterdir()) == []
 
 
@@ -203,7 +188,7 @@ def test_cli_finetune_with_params_file(data, tmp_path):
     )
     out = tmp_path / "m"
     r = runner.invoke(app, ["finetune", "--data-root", str(data), "--out", str(out), "--params", str(params),
-                            "--model", "beats-lora", "--steps", "3"])  # fmt: skip
+                            "--name", "beats-lora", "--steps", "3"])  # fmt: skip
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["lora_rank"] == 4  # the option given wins over the file
@@ -213,19 +198,24 @@ def test_cli_finetune_with_params_file(data, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--params", "P", "--model", "nope"], "has no section 'models.nope'"),
-        (["--params", "P", "--model", "bad"], "unknown option(s) colour"),
+        (["--params", "P", "--name", "nope"], "has no section 'models.nope'"),
+        (["--params", "P", "--name", "bad"], "has unknown option 'colour'"),
+        (["--params", "P", "--name", "text"], "models.text.steps: expected an integer, got 'abc'"),
+        (["--params", "P", "--name", "fraction"], "models.fraction.steps: expected an integer, got 2.5"),
+        (["--params", "P"], "--params needs --name"),
+        (["--seed", "-1"], "--seed must lie in 0..4294967295, got -1"),
+        (["--lora-rank", "100000"], "--lora-rank 100000 exceeds"),
         (["--checkpoint", str(FIXTURES / "eat_tiny.pt")], "eat_tiny.pt"),
         (["--checkpoint", "MISSING"], "does not exist"),
         (["--labels", "pseudo", "--pseudo-labels", "PSEUDO"], "not training clips"),
         (["--labels", "pseudo"], "--labels pseudo needs --pseudo-labels"),
-        (["--steps", "0"], "steps must be at least 1"),
+        (["--steps", "0"], "--steps must be at least 1"),
         (["--device", "tpu"], "unknown device"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_writes_nothing(data, tmp_path, args, message):
     params = tmp_path / "p.yaml"
-    params.write_text("models:\n  bad:\n    colour: red\n")
+    params.write_text("models:\n  bad:\n    colour: red\n  text:\n    steps: abc\n  fraction:\n    steps: 2.5\n")
     pseudo = tmp_path / "pseudo.csv"
     pseudo.write_text("file_name,machine,pseudo_label\nsection_00_source_train_normal_9999_noAttribute.wav,gearbox,0\n")
     args = [{"P": str(params), "PSEUDO": str(pseudo), "MISSING": str(tmp_path / "none.pt")}.get(a, a) for a in args]
@@ -244,12 +234,12 @@ def test_unknown_backbone_is_refused(data, tmp_path):
 
 
 def test_a_model_folder_is_not_a_pretrained_checkpoint(data, tmp_path):
-    finetune(tiny(steps=1), data, tmp_path / "m")
+    fit(tiny(steps=1), data, tmp_path / "m")
     with pytest.raises(AsdError, match="checkpoint.pt"):
-        finetune(tiny(steps=1, checkpoint=str(tmp_path / "m" / "checkpoint.pt")), data, tmp_path / "m2")
+        fit(tiny(steps=1, checkpoint=str(tmp_path / "m" / "checkpoint.pt")), data, tmp_path / "m2")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(AsdError, match="junk.pt"):
-        train.load_finetuned(tmp_path / "junk.pt")
+        checkpoint.load_finetuned(tmp_path / "junk.pt")
 
 
 # ----------------------------------------------------------------------------- DistributedDataParallel
@@ -266,7 +256,7 @@ def test_two_process_gloo_ddp(data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 3
     assert np.isfinite(summary["final_loss"])
-    model = train.load_finetuned(out)
+    model = checkpoint.load_finetuned(out)
     assert model.config.steps == 3
 
 
@@ -274,10 +264,8 @@ def test_two_process_gloo_ddp(data, tmp_path):
 
 
 def test_paper_recipes_are_written_down_in_params_dcase2024():
-    from asdtool.commands.finetune import read_params_section
-
     path = Path(__file__).parent.parent / "params-dcase2024.yaml"
-    cfgs = {m: FinetuneConfig(**read_params_section(path, f"models.{m}"))
+    cfgs = {m: FinetuneConfig(data_root=Path("d"), out=Path("o"), **read_section(path, FinetuneConfig.SECTION, m, FinetuneConfig))
             for m in ("beats-full", "beats-lora", "beats-pse", "eat-full", "eat-lora", "eat-pse", "dual")}  # fmt: skip
     for c in cfgs.values():
         c.validate()

@@ -2,61 +2,29 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from asdtool import store
-from asdtool.data import dcase
-from asdtool.embed import embed_clips
-from asdtool.train import load_finetuned
+from asdtool.config import EmbedConfig
 
 
-def command(
-    model: Annotated[Path, typer.Option(help="Model folder written by `asdtool finetune`.")],
-    data_root: Annotated[Path, typer.Option(help="DCASE data root holding <machine>/train and <machine>/test.")],
-    out: Annotated[Path, typer.Option(help="HDF5 embedding store to write (e.g. embeddings/beats-lora.h5).")],
-    batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 16,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
-    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (ignored on CPU).")] = True,
-    seconds: Annotated[Optional[float], typer.Option(help="Pad or cut clips to this many seconds (default: as in training).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Model name recorded in the store (default: the model folder's name).")] = None,
-) -> None:
+def run(cfg: EmbedConfig) -> None:
     """Embed every train and test clip of every machine type (batched, inference mode)."""
-    dataset = dcase.scan(data_root)
-    trained = load_finetuned(model, device)
-    seconds = seconds if seconds is not None else trained.config.seconds
-    dev = next(trained.model.parameters()).device
-    groups = {}
-    console = Console(stderr=True)
+    from asdtool.embed import embed_to_store
+
     with Progress(
         TextColumn("[bold]embed"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:.1f} clips/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=True,
+        console=Console(stderr=True), transient=True,
     ) as bar:  # fmt: skip
-        task = bar.add_task("embed", total=len(dataset.clips), rate=0.0)
-
-        def advance(n: int) -> None:
-            bar.update(task, advance=n, rate=bar.tasks[0].speed or 0.0)
-
-        for machine in dataset.machines:
-            for split in dcase.SPLITS:
-                clips = dataset.select(machine, split)
-                if clips:
-                    emb = embed_clips(trained.model, clips, seconds, batch_size, dev, amp, advance)
-                    groups[(machine, split)] = (clips, emb)
+        task = bar.add_task("embed", total=None, rate=0.0)
+        dataset, groups, dev = embed_to_store(
+            cfg.model, cfg.data_root, cfg.out, cfg.batch_size, cfg.device, cfg.amp, cfg.seconds, cfg.name,
+            progress=lambda n, total: bar.update(task, advance=n, total=total, rate=bar.tasks[0].speed or 0.0),
+        )  # fmt: skip
         rate = bar.tasks[0].finished_speed or bar.tasks[0].speed or 0.0
-    meta = store.StoreMeta(
-        model=name or Path(model).name,
-        checkpoint_sha256=trained.checkpoint_sha256,
-        clips_sha256=store.clips_sha256(dataset.clips),
-    )
-    store.write_embeddings(out, meta, groups)
-    table = Table(title=f"embed -> {out}", title_justify="left")
+    table = Table(title=f"embed -> {cfg.out}", title_justify="left")
     for col in ("machine", "train clips", "test clips", "dims"):
         table.add_column(col, justify="right" if col != "machine" else "left")
     for machine in dataset.machines:

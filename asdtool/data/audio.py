@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Sequence
 
@@ -12,15 +13,78 @@ from asdtool.errors import AsdError
 
 SAMPLE_RATE = 16_000
 
+# WAVE format tags whose block (fmt's block align) holds exactly one frame: PCM, IEEE float,
+# A-law, mu-law and WAVE_FORMAT_EXTENSIBLE (whose sub-formats soundfile reads are all of that kind).
+_ONE_FRAME_PER_BLOCK = {0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE}
+
+
+def wav_data_extent(path: str | Path) -> tuple[int, int, int, int] | None:
+    """Return (declared data bytes, data bytes the file holds, block align, format tag) of a RIFF/WAVE file.
+
+    The chunk list is walked from the RIFF header to the `data` chunk (odd-sized chunks carry a pad
+    byte). Returns None when the file is not RIFF/WAVE (other formats, RF64/BW64), has no `fmt `
+    chunk before `data` or no `data` chunk, or declares an unknown data size (0xFFFFFFFF): there is
+    then nothing to compare, and soundfile's own checks decide. Bytes after the declared data (such
+    as a trailing LIST chunk) are not counted: a file may hold more than its data chunk declares.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(0)
+            head = f.read(12)
+            if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
+                return None
+            endian = "<" if head[:4] == b"RIFF" else ">"
+            pos = 12
+            block_align = tag = None
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk_id, chunk_size = struct.unpack(endian + "4sI", f.read(8))
+                body = pos + 8
+                if chunk_id == b"fmt ":
+                    fmt = f.read(min(chunk_size, 14))
+                    if len(fmt) < 14:
+                        return None
+                    tag, block_align = struct.unpack(endian + "H10xH", fmt)
+                elif chunk_id == b"data":
+                    if block_align is None or block_align == 0 or chunk_size == 0xFFFFFFFF:
+                        return None
+                    return chunk_size, min(chunk_size, size - body), block_align, tag
+                pos = body + chunk_size + (chunk_size & 1)
+    except OSError:
+        return None
+    return None
+
+
+def _check_wav_length(path: Path) -> None:
+    """Raise AsdError when a RIFF/WAVE file holds less audio data than its header declares."""
+    extent = wav_data_extent(path)
+    if extent is None:
+        return
+    declared, held, block_align, tag = extent
+    if held >= declared:
+        return
+    if tag in _ONE_FRAME_PER_BLOCK:
+        amount = f"{declared // block_align} frames, the file holds {held // block_align}"
+    else:
+        amount = f"{declared} bytes of audio data, the file holds {held}"
+    raise AsdError(f"truncated audio: the header declares {amount}", path)
+
 
 def check_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> sf._SoundFileInfo:
-    """Return the header of a clip after checking it is readable, mono, non-empty and at `sample_rate`."""
+    """Return the header of a clip after checking it is readable, complete, mono, non-empty and at `sample_rate`.
+
+    Complete: a RIFF/WAVE file must hold all the audio data its header declares (libsndfile would
+    quietly read what is there).
+    """
     path = Path(path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         reason = str(exc).split(":")[-1].strip() or exc.__class__.__name__
         raise AsdError(f"cannot read audio ({reason})", path) from None
+    _check_wav_length(path)
     if info.samplerate != sample_rate:
         raise AsdError(f"sample rate is {info.samplerate} Hz, expected {sample_rate} Hz", path)
     if info.channels != 1:
@@ -39,15 +103,23 @@ def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
 
 
 def read_clip(path: str | Path, seconds: float | None = 10.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Return a clip as float32 in [-1, 1], padded or cut to `seconds` (None keeps its own length)."""
+    """Return a clip as float32 in [-1, 1], padded or cut to `seconds` (None keeps its own length).
+
+    Refused: what `check_audio` refuses, and a clip that decodes to another number of frames than
+    its header declares.
+    """
     path = Path(path)
-    check_audio(path, sample_rate)
+    info = check_audio(path, sample_rate)
     try:
         wave, _ = sf.read(str(path), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AsdError(f"cannot decode audio ({exc.__class__.__name__})", path) from None
     if wave.ndim != 1 or wave.size == 0:
         raise AsdError("decoded to no mono samples", path)
+    if wave.shape[0] < info.frames:
+        raise AsdError(f"truncated audio: the header declares {info.frames} frames, only {wave.shape[0]} decode", path)
+    if wave.shape[0] > info.frames:
+        raise AsdError(f"the header declares {info.frames} frames, {wave.shape[0]} decode", path)
     if not np.all(np.isfinite(wave)):
         raise AsdError("holds non-finite samples", path)
     if seconds is not None:

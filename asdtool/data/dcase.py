@@ -16,9 +16,9 @@ import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from asdtool.errors import AsdError
+from asdtool.errors import AsdError, few
 
 DEV_MACHINES = ("bearing", "fan", "gearbox", "slider", "ToyCar", "ToyTrain", "valve")
 NO_ATTRIBUTE = "noAttribute"
@@ -114,11 +114,6 @@ def format_name(
     return f"section_{int(section):02d}_{domain}_{split}_{label_name}_{int(index):04d}_{attrs}.wav"
 
 
-def format_eval_name(index: int, section: str | int = "00") -> str:
-    """Return the official eval test file name of a clip (no domain, label or attributes)."""
-    return f"section_{int(section):02d}_{int(index):04d}.wav"
-
-
 @dataclass(frozen=True)
 class Clip:
     """One audio clip of the dataset and everything its name and folder say about it."""
@@ -166,29 +161,44 @@ class Dataset:
             if (machine is None or c.machine == machine) and (split is None or c.split == split)
         ]
 
-    def class_labels(self) -> dict[str, int]:
-        """Return the training classes: one per (machine type, attribute combination), numbered in sorted order."""
-        return class_labels(self.select(split="train"))
-
-
-def class_labels(clips: Iterable[Clip]) -> dict[str, int]:
-    """Return {class_key: class index}, one class per unique (machine type, attribute combination)."""
-    keys = sorted({c.class_key for c in clips})
-    return {k: i for i, k in enumerate(keys)}
-
 
 def find_machines(root: str | Path) -> list[str]:
-    """Return the machine folders under `root` (those holding a train/ or test/ folder)."""
+    """Return the machine folders under `root`, sorted case-insensitively.
+
+    Every folder directly under `root` is a machine folder, except hidden ones (a name starting with
+    `.` or `_`: temporary folders of atomic writes, `__MACOSX`); `scan_machine` refuses one that
+    holds no clips. Files beside the machine folders (such as hidden_attributes.csv) are ignored.
+    """
     root = Path(root)
     if not root.is_dir():
         raise AsdError("data root is not a folder", root)
     machines = sorted(
-        (p.name for p in root.iterdir() if p.is_dir() and ((p / "train").is_dir() or (p / "test").is_dir())),
+        (p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))),
         key=str.lower,
     )
     if not machines:
         raise AsdError("no machine folders (<machine>/train or <machine>/test) found", root)
     return machines
+
+
+def _split_state(split_dir: Path) -> str:
+    """Return why a split folder gave no clips: "missing", "empty" or "no-wav"."""
+    if not split_dir.is_dir():
+        return "missing"
+    return "no-wav" if any(split_dir.iterdir()) else "empty"
+
+
+def _why_no_clips(folder: Path) -> str:
+    """Return, for a message, why neither train/ nor test/ of a machine folder gave a clip."""
+    states = [_split_state(folder / split) for split in SPLITS]
+    if states[0] == states[1]:
+        return {
+            "missing": "no train/ or test/ folder",
+            "empty": "train/ and test/ are empty",
+            "no-wav": "train/ and test/ hold no .wav files",
+        }[states[0]]
+    words = {"missing": "is missing", "empty": "is empty", "no-wav": "holds no .wav files"}
+    return ", ".join(f"{split}/ {words[state]}" for split, state in zip(SPLITS, states))
 
 
 def scan_machine(root: str | Path, machine: str) -> list[Clip]:
@@ -198,14 +208,17 @@ def scan_machine(root: str | Path, machine: str) -> list[Clip]:
         raise AsdError(f"machine folder name {machine!r} is not a DCASE machine type name", folder)
     if not folder.is_dir():
         raise AsdError("machine folder does not exist", folder)
+    listing = {
+        split: sorted(p for p in (folder / split).iterdir() if p.suffix.lower() == ".wav")
+        for split in SPLITS
+        if (folder / split).is_dir()
+    }
+    if not any(listing.values()):
+        raise AsdError(f"machine folder holds no clips ({_why_no_clips(folder)})", folder)
     clips: list[Clip] = []
-    for split in SPLITS:
-        split_dir = folder / split
-        if not split_dir.is_dir():
-            continue
-        wavs = sorted(p for p in split_dir.iterdir() if p.suffix.lower() == ".wav")
+    for split, wavs in listing.items():
         if not wavs:
-            raise AsdError("folder holds no .wav files", split_dir)
+            raise AsdError("folder holds no .wav files", folder / split)
         for path in wavs:
             try:
                 name = parse_name(path.name)
@@ -227,8 +240,6 @@ def scan_machine(root: str | Path, machine: str) -> list[Clip]:
                     attributes=name.attributes,
                 )
             )
-    if not clips:
-        raise AsdError("machine folder holds neither train/ nor test/ clips", folder)
     check_attribute_csv(folder, clips)
     return clips
 
@@ -291,7 +302,7 @@ def check_attribute_csv(folder: Path, clips: Sequence[Clip]) -> None:
                 )
         missing = [rel for rel, c in by_rel.items() if c.split == "train" and c.section == section and rel not in listed]
         if missing:
-            raise AsdError(f"does not list {len(missing)} training clip(s), e.g. {missing[0]}", csv_path)
+            raise AsdError(f"does not list {len(missing)} training clip(s): {few(missing)}", csv_path)
 
 
 def scan(root: str | Path, machines: Sequence[str] | None = None) -> Dataset:
@@ -301,7 +312,7 @@ def scan(root: str | Path, machines: Sequence[str] | None = None) -> Dataset:
     if machines:
         unknown = [m for m in machines if m not in available]
         if unknown:
-            raise AsdError(f"no machine folder named {', '.join(unknown)} (found {', '.join(available)})", root)
+            raise AsdError(f"no machine folder named {few(unknown)} (found {', '.join(available)})", root)
         available = list(machines)
     clips = [c for m in available for c in scan_machine(root, m)]
     return Dataset(root=root, clips=clips)

@@ -20,7 +20,6 @@ index), so the same seed gives byte-identical files whatever the generation orde
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import tempfile
@@ -33,11 +32,11 @@ import soundfile as sf
 from scipy.signal import lfilter
 
 from asdtool.atomic import current_umask, replace_dir
+from asdtool.data.audio import SAMPLE_RATE
 from asdtool.data.dcase import DEV_MACHINES, DOMAINS, format_attributes, format_name, write_attribute_csv
+from asdtool.data.hidden import HIDDEN_ATTRIBUTES_FILE, read_hidden_rows, write_hidden_rows
 from asdtool.errors import AsdError
 
-SAMPLE_RATE = 16_000
-HIDDEN_ATTRIBUTES_FILE = "hidden_attributes.csv"
 _TWO_PI = 2.0 * np.pi
 _NYQUIST_GUARD = 7_600.0  # no tone above this: keeps every harmonic clear of aliasing at 16 kHz
 
@@ -634,26 +633,6 @@ def _limit(x: np.ndarray, knee: float = 0.8) -> np.ndarray:
     return x
 
 
-def read_hidden_rows(path: str | Path) -> list[tuple[str, str, str]]:
-    """Return the (machine, file_name, hidden_attributes) rows of a hidden_attributes.csv."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AsdError(f"cannot read hidden attribute file ({exc.__class__.__name__})", path) from None
-    if not rows or rows[0] != ["machine", "file_name", "hidden_attributes"]:
-        raise AsdError("hidden attribute file has no 'machine,file_name,hidden_attributes' header", path)
-    return [tuple(r) for r in rows[1:] if len(r) == 3]  # type: ignore[misc]
-
-
-def _write_hidden(path: Path, rows: Sequence[tuple[str, str, str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["machine", "file_name", "hidden_attributes"])
-        writer.writerows(rows)
-
-
 def synthesize(
     out: Path,
     seed: int = 0,
@@ -714,7 +693,7 @@ def synthesize(
                 hidden_rows += [(machine, c.rel, format_attributes(c.attributes)) for c in plan]
         if hidden_rows:  # canonical order: the file does not depend on the order machines were asked for
             hidden_rows.sort(key=lambda r: (DEV_MACHINES.index(r[0]) if r[0] in DEV_MACHINES else len(DEV_MACHINES), r))
-            _write_hidden(staging / HIDDEN_ATTRIBUTES_FILE, hidden_rows)
+            write_hidden_rows(staging / HIDDEN_ATTRIBUTES_FILE, hidden_rows)
         if not out.exists():
             os.replace(staging, out)
         else:

@@ -3,8 +3,9 @@
 One file, forward order: config, preprocessing (kaldi fbank), patch embedding, convolutional
 positional embedding, deep-norm transformer layers with a gated relative position bias, and the
 import/export of the official checkpoints (`BEATs_iter3.pt`, `BEATs_iter3_plus_AS2M.pt`: a dict
-with `cfg` and `model`). Written from the published architecture; parameter names follow the
-official checkpoints so that they load without renaming.
+with `cfg` and `model`, read by `asdtool.models.read_checkpoint`, which runs no pickled code).
+Written from the published architecture; parameter names follow the official checkpoints so that
+they load without renaming.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
-from asdtool.errors import AsdError
+from asdtool.data.audio import SAMPLE_RATE
+from asdtool.errors import AsdError, few
+from asdtool.features import kaldi_fbank
+from asdtool.models import read_checkpoint
 
 # fbank statistics of AudioSet used by the official preprocessing
 FBANK_MEAN = 15.41663
@@ -101,7 +104,7 @@ TRAINING_FIELDS = frozenset(
     }
 )
 
-_ITER3 = dict(
+_ITER3 = BEATsConfig(
     input_patch_size=16, embed_dim=512, conv_bias=False, encoder_layers=12, encoder_embed_dim=768,
     encoder_ffn_embed_dim=3072, encoder_attention_heads=12, activation_fn="gelu",
     layer_wise_gradient_decay_ratio=0.6, layer_norm_first=False, deep_norm=True, dropout=0.0,
@@ -112,8 +115,8 @@ _ITER3 = dict(
 SIZES = {
     "base": _ITER3,
     # same structure, CPU-friendly: tests and the embedded default run on it
-    "tiny": {**_ITER3, "encoder_layers": 4, "encoder_embed_dim": 192, "encoder_ffn_embed_dim": 768,
-             "encoder_attention_heads": 4, "embed_dim": 128},
+    "tiny": replace(_ITER3, encoder_layers=4, encoder_embed_dim=192, encoder_ffn_embed_dim=768,
+                    encoder_attention_heads=4, embed_dim=128),
 }  # fmt: skip
 
 
@@ -172,8 +175,8 @@ class MultiheadAttention(nn.Module):
 
     def __init__(self, cfg: BEATsConfig, relative_attention_bias: nn.Embedding | None):
         super().__init__()
-        dim, self.n_head = cfg.encoder_embed_dim, cfg.encoder_attention_heads
-        self.head_dim = dim // self.n_head
+        dim, self.num_heads = cfg.encoder_embed_dim, cfg.encoder_attention_heads
+        self.head_dim = dim // self.num_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = cfg.attention_dropout
         self.use_sdpa = True
@@ -187,20 +190,20 @@ class MultiheadAttention(nn.Module):
         self.gru_rel_pos = cfg.gru_rel_pos
         if self.gru_rel_pos:
             self.grep_linear = nn.Linear(self.head_dim, 8)
-            self.grep_a = nn.Parameter(torch.ones(1, self.n_head, 1, 1))
+            self.grep_a = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
 
     def forward(self, x, position_bias=None):  # (B, T, C), (H, T, T) -> (B, T, C)
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
         bias = None
         if position_bias is not None:
             bias = position_bias.unsqueeze(0)  # (1, H, T, T)
             if self.gru_rel_pos:
                 # per-query gate in (1, 1 + grep_a); computed from the unscaled query
-                gate = torch.sigmoid(self.grep_linear(q).view(B, self.n_head, T, 2, 4).sum(-1))
+                gate = torch.sigmoid(self.grep_linear(q).view(B, self.num_heads, T, 2, 4).sum(-1))
                 gate_a, gate_b = gate.chunk(2, dim=-1)  # (B, H, T, 1) each
                 bias = (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * bias  # (B, H, T, T)
 
@@ -313,6 +316,7 @@ class BEATs(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_dim = cfg.encoder_embed_dim  # token width, what heads build on
+        self.num_layers, self.num_heads = cfg.encoder_layers, cfg.encoder_attention_heads
         self.patch_embedding = nn.Conv2d(
             1, cfg.embed_dim, kernel_size=cfg.input_patch_size, stride=cfg.input_patch_size, bias=cfg.conv_bias
         )
@@ -354,7 +358,7 @@ class BEATs(nn.Module):
             raise AsdError(f"BEATs.preprocess expects waves of shape (batch, samples), got {tuple(wave.shape)}")
         fbanks = [
             # kaldi reads 16-bit integer scale; one clip at a time, as the official code does
-            kaldi.fbank(clip.float().unsqueeze(0) * 2**15, num_mel_bins=128, sample_frequency=16000,
+            kaldi_fbank(clip.float().unsqueeze(0) * 2**15, num_mel_bins=128, sample_frequency=SAMPLE_RATE,
                         frame_length=25, frame_shift=10)
             for clip in wave
         ]  # fmt: skip
@@ -389,35 +393,15 @@ _WEIGHT_NORM_KEYS = {
 _PREDICTOR_PREFIXES = ("predictor.", "predictor_dropout.")
 
 
-def _key_list(keys, limit: int = 5) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return f"{len(keys)}: {shown}" + (", ..." if len(keys) > limit else "")
-
-
-def from_official(state_dict: dict, model: BEATs, path: str | Path | None = None) -> dict:
-    """Return `state_dict` (official layout) renamed for `model`, after strict key and shape checks.
-
-    The AudioSet classifier (`predictor.*`) of fine-tuned checkpoints is dropped with a warning:
-    asdtool uses the encoder only.
-    """
-    state_dict = {_WEIGHT_NORM_KEYS.get(k, k): v for k, v in state_dict.items()}
-    dropped = [k for k in state_dict if k.startswith(_PREDICTOR_PREFIXES)]
-    if dropped:
-        warnings.warn(
-            f"{path or 'BEATs checkpoint'}: dropped the AudioSet classifier head ({_key_list(dropped)}); "
-            "asdtool uses the encoder only",
-            stacklevel=3,
-        )
-        state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
-
+def _check_against(model: BEATs, state_dict: dict, path) -> None:
+    """Raise AsdError, naming keys as the official files do, unless `state_dict` fits `model` exactly."""
     expected = model.state_dict()
     inverse = {v: k for k, v in _WEIGHT_NORM_KEYS.items()}
     missing = [inverse.get(k, k) for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        parts = ([f"missing keys ({_key_list(missing)})"] if missing else []) + (
-            [f"unexpected keys ({_key_list(unexpected)})"] if unexpected else []
+        parts = ([f"missing keys ({few(missing, 5)})"] if missing else []) + (
+            [f"unexpected keys ({few(unexpected, 5)})"] if unexpected else []
         )
         raise AsdError("checkpoint does not match the BEATs config: " + "; ".join(parts), path)
     for key, value in state_dict.items():
@@ -428,34 +412,18 @@ def from_official(state_dict: dict, model: BEATs, path: str | Path | None = None
                 f"the config needs {tuple(expected[key].shape)}",
                 path,
             )
-
     tables = sorted(k for k in state_dict if k.endswith("self_attn.relative_attention_bias.weight"))
     for key in tables[1:]:
         if not torch.equal(state_dict[key], state_dict[tables[0]]):
             raise AsdError(f"{key} differs from {tables[0]}; BEATs shares one relative position table", path)
-    return state_dict
 
 
-def to_official(model: BEATs) -> dict:
-    """Return {"cfg": dict, "model": state_dict} in the official checkpoint layout."""
-    inverse = {v: k for k, v in _WEIGHT_NORM_KEYS.items()}
-    state_dict = {inverse.get(k, k): v.detach() for k, v in model.state_dict().items()}
-    # no classifier head is ever built, so the file must not promise one
-    cfg = asdict(replace(model.cfg, finetuned_model=False))
-    return {"cfg": cfg, "model": state_dict}
+def checkpoint_filter_official(ckpt: object, path) -> tuple[BEATsConfig, dict]:
+    """Return (config, state dict renamed for `BEATs`) of an official checkpoint {"cfg": ..., "model": ...}.
 
-
-def read_official(path: str | Path) -> tuple[dict, dict]:
-    """Return (cfg, state_dict) of an official BEATs checkpoint file; AsdError if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise AsdError("checkpoint file not found", path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign or truncated files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AsdError(f"cannot read as a PyTorch checkpoint ({reason[:200]})", path) from None
-
+    The AudioSet classifier (`predictor.*`) of fine-tuned checkpoints is dropped with a warning:
+    asdtool uses the encoder only.
+    """
     if not isinstance(ckpt, dict) or not {"cfg", "model"} <= ckpt.keys():
         found = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise AsdError(f"not a BEATs checkpoint: expected a dict with 'cfg' and 'model', found {found}", path)
@@ -470,8 +438,31 @@ def read_official(path: str | Path) -> tuple[dict, dict]:
         )
     unknown = set(cfg) - {f.name for f in fields(BEATsConfig)}
     if unknown:
-        raise AsdError(f"not a BEATs checkpoint: unknown cfg keys ({_key_list(map(str, unknown))})", path)
-    return cfg, state_dict
+        raise AsdError(f"not a BEATs checkpoint: unknown cfg keys ({few(map(str, unknown), 5)})", path)
+    try:
+        config = BEATsConfig(**{**cfg, "finetuned_model": False})  # no classifier head is ever built
+    except (AsdError, TypeError) as error:
+        raise AsdError(str(error), path) from None
+
+    state_dict = {_WEIGHT_NORM_KEYS.get(k, k): v for k, v in state_dict.items()}
+    dropped = [k for k in state_dict if k.startswith(_PREDICTOR_PREFIXES)]
+    if dropped:
+        warnings.warn(
+            f"{path or 'BEATs checkpoint'}: dropped the AudioSet classifier head ({few(dropped, 5)}); "
+            "asdtool uses the encoder only",
+            stacklevel=3,
+        )
+        state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
+    return config, state_dict
+
+
+def to_official(model: BEATs) -> dict:
+    """Return {"cfg": dict, "model": state_dict} in the official checkpoint layout."""
+    inverse = {v: k for k, v in _WEIGHT_NORM_KEYS.items()}
+    state_dict = {inverse.get(k, k): v.detach() for k, v in model.state_dict().items()}
+    # no classifier head is ever built, so the file must not promise one
+    cfg = asdict(replace(model.cfg, finetuned_model=False))
+    return {"cfg": cfg, "model": state_dict}
 
 
 def load(checkpoint: str | Path | None = None, size: str = "base", **overrides) -> BEATs:
@@ -486,18 +477,19 @@ def load(checkpoint: str | Path | None = None, size: str = "base", **overrides) 
     if checkpoint is None:
         if size not in SIZES:
             raise AsdError(f"unknown BEATs size {size!r}; choose one of {', '.join(SIZES)}")
-        return BEATs(BEATsConfig(**{**SIZES[size], **overrides})).eval()
+        return BEATs(replace(SIZES[size], **overrides)).eval()
 
-    cfg_dict, state_dict = read_official(checkpoint)
-    architectural = sorted(k for k in overrides if k not in TRAINING_FIELDS and overrides[k] != cfg_dict.get(k))
+    config, state_dict = checkpoint_filter_official(read_checkpoint(checkpoint), checkpoint)
+    architectural = sorted(k for k in overrides if k not in TRAINING_FIELDS and overrides[k] != getattr(config, k))
     if architectural:
         raise AsdError(f"cannot override architecture fields of a checkpoint: {', '.join(architectural)}", checkpoint)
     try:
-        cfg = BEATsConfig(**{**cfg_dict, **overrides, "finetuned_model": False})
-    except (AsdError, TypeError) as error:
+        config = replace(config, **overrides)
+    except AsdError as error:
         raise AsdError(str(error), checkpoint) from None
     # random init is wasted work here: build on the meta device and take the tensors as they are
     with torch.device("meta"):
-        model = BEATs(cfg)
-    model.load_state_dict(from_official(state_dict, model, checkpoint), strict=True, assign=True)
+        model = BEATs(config)
+    _check_against(model, state_dict, checkpoint)
+    model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval()

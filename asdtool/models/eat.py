@@ -5,34 +5,37 @@ a fixed 2-D sin-cos position table, one CLS token, a LayerNorm on the embedded s
 post-norm transformer blocks. This file rebuilds that encoder without fairseq and imports the
 two official checkpoint layouts: the fairseq pre-training checkpoint (`EAT-base_epoch30_pt.pt`)
 and the Hugging Face port (`worstchan/EAT-base_epoch30_pretrain`: config.json + model.safetensors).
+Fairseq files are read by `asdtool.models.read_checkpoint`, which turns their pickled OmegaConf
+config into plain dicts without omegaconf or fairseq and refuses any other pickled class.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
-import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from torch import nn
 
 from asdtool.atomic import atomic_path
-from asdtool.errors import AsdError
+from asdtool.data.audio import SAMPLE_RATE
+from asdtool.errors import AsdError, few
+from asdtool.features import kaldi_fbank
+from asdtool.models import read_checkpoint
 
 # Mean and std of the AudioSet fbank that EAT was pre-trained on; the official code divides by 2 * std.
 FBANK_MEAN = -4.268
 FBANK_STD = 4.569
-SAMPLE_RATE = 16000
 
 
 @dataclass
 class EATConfig:
+    """Architecture knobs of the data2vec 2.0 image encoder EAT uses; `SIZES["base"]` is EAT-base."""
+
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -126,7 +129,7 @@ class EAT(nn.Module):
                 f"n_mels {cfg.n_mels} by patch_size {cfg.patch_size}"
             )
         self.cfg = cfg
-        self.embed_dim = cfg.embed_dim
+        self.embed_dim, self.num_layers, self.num_heads = cfg.embed_dim, cfg.depth, cfg.num_heads
         self.freq_patches = cfg.n_mels // cfg.patch_size
         self.patch_embed = nn.Conv2d(1, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
@@ -161,7 +164,7 @@ class EAT(nn.Module):
         feats = []
         with torch.autocast(wave.device.type, enabled=False):
             for clip in wave.float():
-                fbank = torchaudio.compliance.kaldi.fbank(
+                fbank = kaldi_fbank(
                     (clip - clip.mean()).unsqueeze(0),
                     htk_compat=True,
                     sample_frequency=SAMPLE_RATE,
@@ -252,13 +255,6 @@ def _is_dropped(key: str, dropped: tuple[str, ...]) -> bool:
     return any(key == d or key.startswith(d if d.endswith(".") else d + ".") for d in dropped)
 
 
-def _few(names, n: int = 5) -> str:
-    """Return the first `n` names and how many there are, for a one-line message."""
-    names = sorted(names)
-    more = f" ... ({len(names)} in all)" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
-
-
 def _convert(state: dict, table: dict[str, str], dropped: tuple[str, ...], path) -> dict[str, torch.Tensor]:
     """Return `state` renamed into this module's keys; unknown keys raise, dropped parts warn."""
     out, unexpected, skipped = {}, [], []
@@ -274,11 +270,11 @@ def _convert(state: dict, table: dict[str, str], dropped: tuple[str, ...], path)
         else:
             out[new] = value
     if unexpected:
-        raise AsdError(f"not an EAT encoder checkpoint: unexpected keys {_few(unexpected)}", path)
+        raise AsdError(f"not an EAT encoder checkpoint: unexpected keys {few(unexpected, 5)}", path)
     if skipped:
         warnings.warn(
             f"{path}: dropped {len(skipped)} pre-training-only entries the encoder does not use "
-            f"(decoder, EMA teacher, heads): {_few(skipped, 3)}",
+            f"(decoder, EMA teacher, heads): {few(skipped, 3)}",
             stacklevel=3,
         )
     return out
@@ -297,10 +293,10 @@ def _check_against(model: EAT, state: dict[str, torch.Tensor], table: dict[str, 
 
     missing = [name(k) for k in expected if k not in state]
     if missing:
-        raise AsdError(f"EAT checkpoint lacks keys {_few(missing)}", path)
+        raise AsdError(f"EAT checkpoint lacks keys {few(missing, 5)}", path)
     extra = [name(k) for k in state if k not in expected]
     if extra:
-        raise AsdError(f"EAT checkpoint has unexpected keys {_few(extra)}", path)
+        raise AsdError(f"EAT checkpoint has unexpected keys {few(extra, 5)}", path)
     for key, value in state.items():
         if value.shape != expected[key].shape:
             raise AsdError(
@@ -331,7 +327,7 @@ def checkpoint_filter_fairseq(ckpt: object, path) -> tuple[EATConfig, dict[str, 
         raise AsdError("not an EAT fairseq checkpoint: no cfg['model'] section", path)
     if not any(k.startswith("modality_encoders.IMAGE.") for k in ckpt["model"]):
         raise AsdError(
-            f"not an EAT checkpoint: no modality_encoders.IMAGE.* keys (has {_few(ckpt['model'], 3)})", path
+            f"not an EAT checkpoint: no modality_encoders.IMAGE.* keys (has {few(ckpt['model'], 3)})", path
         )
     image = (model_cfg.get("modalities") or {}).get("image") or {}
     unsupported = {
@@ -381,52 +377,6 @@ def checkpoint_filter_hf(hf_config: dict, tensors: dict[str, torch.Tensor], path
         norm_eps=float(hf_config.get("norm_eps", 1e-6)),
     )
     return config, state
-
-
-class _Foreign(dict):
-    """Inert stand-in for any non-tensor class in a checkpoint (fairseq meters, argparse, numpy)."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-    def append(self, item):
-        pass
-
-    def extend(self, items):
-        pass
-
-    def __call__(self, *args, **kwargs):  # a stubbed function's result, called in turn
-        return _Foreign()
-
-
-class _StubUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        """Return torch's weights-only allowlisted global, or the inert stand-in for anything else."""
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        return _get_allowed_globals().get(f"{module}.{name}", _Foreign)
-
-
-_stub_pickle = types.ModuleType("asdtool_stub_pickle")
-_stub_pickle.Unpickler = _StubUnpickler
-_stub_pickle.load = lambda f, **kw: _StubUnpickler(f, **kw).load()
-
-
-def _read_torch(path: Path) -> object:
-    """Return the object in a torch checkpoint file, loading no executable Python objects."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        pass
-    # fairseq also pickles its training state (meters, argparse); those classes become inert stubs.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise AsdError(f"cannot read as a PyTorch checkpoint: {reason}", path) from None
 
 
 def _read_hf(path: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
@@ -482,7 +432,7 @@ def load(checkpoint: str | Path | None = None, size: str = "base", **overrides) 
         config, state = checkpoint_filter_hf(hf_config, tensors, path)
         table = HF_KEYS
     else:
-        config, state = checkpoint_filter_fairseq(_read_torch(path), path)
+        config, state = checkpoint_filter_fairseq(read_checkpoint(path), path)
         table = FAIRSEQ_KEYS
     for name, value in overrides.items():
         if name in ARCH_FIELDS and getattr(config, name) != value:

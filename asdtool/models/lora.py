@@ -43,6 +43,12 @@ def apply_lora(
         raise AsdError(f"LoRA rank must be a positive integer, got {rank!r}")
     if not 0.0 <= dropout < 1.0:
         raise AsdError(f"LoRA dropout must be in [0, 1), got {dropout}")
+    targets = [m for name, m in backbone.named_modules() if re.fullmatch(LORA_TARGETS[backbone_name], name)]
+    width = min((min(m.in_features, m.out_features) for m in targets if isinstance(m, nn.Linear)), default=None)
+    if width is not None and rank > width:
+        # a rank above the layer width adds parameters (and checkpoint size) but no expressiveness
+        raise AsdError(f"--lora-rank {rank} exceeds the width {width} of the {backbone_name} attention projections it adapts; "
+                       f"choose 1..{width}")  # fmt: skip
     config = LoraConfig(
         r=int(rank),
         lora_alpha=float(rank if alpha is None else alpha),
@@ -61,20 +67,6 @@ def lora_modules(module: nn.Module) -> list[str]:
     from peft.tuners.lora import LoraLayer
 
     return [name for name, m in module.named_modules() if isinstance(m, LoraLayer)]
-
-
-def merge_lora(model: PeftModel) -> nn.Module:
-    """Return the plain backbone with the adapters merged into its weights (faster embedding, same output)."""
-    return model.merge_and_unload()
-
-
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """Return (total, trainable) parameter counts of `module`; shared tensors count once."""
-    total = trainable = 0
-    for p in module.parameters():
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return total, trainable
 
 
 def _peft_models(module: nn.Module) -> list[tuple[str, PeftModel]]:

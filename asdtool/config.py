@@ -1,0 +1,464 @@
+"""One typed config per stage: the single source of every option, its type, default and help.
+
+Each stage's options are the fields of one dataclass below. From it come the Typer options of the
+subcommand (`asdtool.cli`), the params.yaml section it reads (`--params FILE [--name X]`), the
+validation of that section (an unknown key or a wrong type is one line naming the file and the
+key) and the defaults. Precedence: field default < params section < options given on the command
+line. Range checks that need no data live in each config's `validate()`.
+
+This module imports no torch, so `asdtool --help` and the light commands start fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from asdtool.errors import AsdError
+
+# ----------------------------------------------------------------------------- declaring options
+
+REQUIRED: Any = dataclasses.MISSING
+
+
+def option(default: Any = REQUIRED, help: str = "", *, choices: tuple[str, ...] = (), recipe: bool = True,
+           flag: str | None = None, metavar: str | None = None) -> Any:  # fmt: skip
+    """Return a dataclass field carrying the option's help, choices and flags.
+
+    `recipe=False` marks where-to options (data roots, outputs, --resume, devices) that say where
+    or how a run happens, not what it computes; a resumed fine-tuning run may change them.
+    """
+    meta = {"help": help, "choices": choices, "recipe": recipe, "flag": flag, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    if default is REQUIRED:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Section:
+    """Where a stage's options live in a params file: `key` or, with a name, `key.<name>`."""
+
+    key: str
+    named: bool = False  # the section holds one entry per name (models.<name>, ensemble.<name>)
+
+
+def fields(cls) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def field_type(cls, f: dataclasses.Field) -> Any:
+    """Return the resolved annotation of a field (the module uses postponed annotations)."""
+    return typing.get_type_hints(cls)[f.name]
+
+
+def split_optional(tp: Any) -> tuple[Any, bool]:
+    """Return (inner type, whether None is allowed) of `X | None`."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _describe(tp: Any) -> str:
+    tp, _ = split_optional(tp)
+    if typing.get_origin(tp) is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}.get(tp, str(tp))
+
+
+def coerce(value: Any, tp: Any, where: str, path: Path | None) -> Any:
+    """Return `value` (from YAML) as type `tp`; AsdError naming `where` and the file otherwise."""
+    inner, nullable = split_optional(tp)
+    if value is None:
+        if nullable:
+            return None
+        raise AsdError(f"{where}: expected {_describe(tp)}, got null", path)
+    if typing.get_origin(inner) is list:
+        item = typing.get_args(inner)[0]
+        items = value if isinstance(value, list) else [value]
+        return [coerce(v, item, f"{where}[{i}]", path) for i, v in enumerate(items)]
+    bad = AsdError(f"{where}: expected {_describe(inner)}, got {value!r}", path)
+    if inner is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if inner is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if inner is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise bad
+        return str(value)
+    if inner is Path:
+        if not isinstance(value, str) or not value:
+            raise bad
+        return Path(value)
+    raise bad
+
+
+def read_section(path: Path, section: Section, name: str | None, cls) -> dict[str, Any]:
+    """Return the typed options of `section` (or `section.name`) of a params YAML file, checked against `cls`."""
+    import yaml
+
+    path = Path(path)
+    if section.named and not name:
+        raise AsdError(f"--params needs --name: which entry of {section.key!r} to read")
+    if not path.is_file():
+        raise AsdError("params file does not exist", path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise AsdError(f"is not valid YAML ({str(exc).splitlines()[0]})", path) from None
+    dotted = f"{section.key}.{name}" if section.named else section.key
+    node: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise AsdError(f"has no section {dotted!r}", path)
+        node = node[part]
+    if node is None:
+        node = {}
+    if not isinstance(node, dict):
+        raise AsdError(f"section {dotted!r} is not a mapping of options", path)
+    by_name = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in node.items():
+        attr = str(key).replace("-", "_")
+        if attr not in by_name:
+            raise AsdError(f"section {dotted!r} has unknown option {key!r}", path)
+        f = by_name[attr]
+        value = coerce(value, field_type(cls, f), f"{dotted}.{key}", path)
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise AsdError(f"{dotted}.{key}: {value!r} is not one of {', '.join(choices)}", path)
+        values[attr] = value
+    return values
+
+
+def build(cls, params: Path | None, name: str | None, given: dict[str, Any]):
+    """Return a validated config: defaults < params section < options given on the command line."""
+    section: Section | None = getattr(cls, "SECTION", None)
+    values: dict[str, Any] = {}
+    if params is not None:
+        if section is None:
+            raise AsdError("this command reads no params section")
+        values.update(read_section(params, section, name, cls))
+    elif name is not None:
+        raise AsdError("--name picks an entry of the --params file; give --params too")
+    values.update({k: v for k, v in given.items() if v is not None})
+    missing = [flag_name(f) for f in fields(cls) if f.default is REQUIRED and f.default_factory is REQUIRED
+               and f.name not in values]  # fmt: skip
+    if missing:
+        where = f" or in the params section {section.key!r}" if section else ""
+        raise AsdError(f"missing option {', '.join(missing)} (give it on the command line{where})")
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+def recipe_dict(cfg) -> dict[str, Any]:
+    """Return the fields of `cfg` that change what a run computes, as plain JSON-able values."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in fields(cfg) if f.metadata.get("recipe", True)}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+# ----------------------------------------------------------------------------- range checks
+
+
+def _at_least(cfg, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < minimum:
+            raise AsdError(f"--{name.replace('_', '-')} must be at least {minimum:g}, got {value}")
+
+
+def _positive(cfg, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise AsdError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+
+
+def _check_seed(cfg) -> None:
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise AsdError(f"--seed must lie in 0..{MAX_SEED}, got {cfg.seed}")
+
+
+# ----------------------------------------------------------------------------- the stages
+
+BACKBONES = ("beats", "eat", "dual")
+SIZES = ("tiny", "base")
+SCHEDULERS = ("warmup-linear", "cosine-restarts", "constant")
+OPTIMIZERS = ("adamw", "adam")
+LABELS = ("attributes", "pseudo")
+LINKAGES = ("ward", "average", "complete", "single")
+MAX_SEED = 2**32 - 1  # numpy's seed range
+_PAPER = "with --paper-sizes"
+
+
+@dataclass(kw_only=True)
+class SynthConfig:
+    """asdtool synth: Write a synthetic DCASE 2024 Task 2 dev set (seven machine types, exact layout and names)."""
+
+    SECTION = Section("synth")
+
+    out: Path = option(help="Data root to write (<out>/<machine>/train, test and attributes_00.csv).", recipe=False)
+    seed: int = option(0, "Random seed; the same seed gives byte-identical files.")
+    seconds: float | None = option(None, f"Clip length in seconds (default 2; 10 {_PAPER}).")
+    source_train: int | None = option(None, f"Source-domain training clips per machine (default 60; 990 {_PAPER}).")
+    target_train: int | None = option(None, f"Target-domain training clips per machine (default 6; 10 {_PAPER}).")
+    test_per_domain: int | None = option(None, f"Normal and anomalous test clips, each, per domain and machine (default 20; 50 {_PAPER}).")
+    paper_sizes: bool = option(False, "DCASE 2024 dev sizes: 990 + 10 train, 50 + 50 test per domain, 10 s.")
+    machine: list[str] = option([], "Machine type (repeatable; default: all seven dev types).")
+    overwrite: bool = option(False, "Replace machine folders that already exist under --out.", recipe=False)
+
+    def validate(self) -> None:
+        _check_seed(self)  # clip counts and lengths are checked by synthesize
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig:
+    """asdtool finetune: Fine-tune BEATs, EAT or both (Dual) by classifying machine attributes with ArcFace.
+
+    Every knob of a run; the paper's recipes are values of these fields (params-dcase2024.yaml).
+    Works under `torchrun --nproc-per-node N -m asdtool finetune ...` with DistributedDataParallel.
+    """
+
+    SECTION = Section("models", named=True)
+
+    data_root: Path = option(help="DCASE data root holding <machine>/train (all machine types are trained together).", recipe=False)
+    out: Path = option(help="Model folder to write: checkpoint.pt, train_log.csv, summary.json.", recipe=False)
+    backbone: str = option("beats", "Pre-trained transformer: beats, eat, or dual (both, fused).", choices=BACKBONES)
+    checkpoint: str | None = option(None, "Official pre-trained weights (BEATs .pt, EAT fairseq .pt or Hugging Face folder; dual: beats=PATH,eat=PATH). Absent: random init of --size.")
+    size: str = option("tiny", "Size of a randomly initialised backbone: tiny (CPU) or base (the paper's).", choices=SIZES)
+    lora_rank: int = option(0, "LoRA rank on attention q/v/out (64 in the paper); 0 = full fine-tuning.")
+    lora_alpha: float | None = option(None, "LoRA alpha (scaling alpha/r). (default: the rank)")
+    labels: str = option("attributes", "Classes: attributes (machine type x attribute set) or pseudo (--pseudo-labels for types without attributes).", choices=LABELS)
+    pseudo_labels: str | None = option(None, "file_name,machine,pseudo_label CSV from asdtool pseudolabel.")
+    steps: int = option(100, "Optimiser steps (10,000 full / 50,000 LoRA in the paper).")
+    batch_size: int = option(8, "Clips per micro-batch, over all processes (32 in the paper).")
+    grad_accum: int = option(1, "Micro-batches per optimiser step (8 in the paper).")
+    lr: float = option(0.0, "Learning rate at the start of each warm-up.")
+    max_lr: float = option(1e-4, "Peak learning rate.")
+    min_lr: float = option(0.0, "Final (or cosine floor) learning rate.")
+    warmup: int = option(120, "Warm-up steps (per cycle with cosine-restarts).")
+    scheduler: str = option("warmup-linear", "warmup-linear (warm-up then linear decay), cosine-restarts or constant.", choices=SCHEDULERS)
+    cycle_steps: int = option(0, "Cycle length of cosine-restarts; 0 = one cycle over all steps.")
+    optimizer: str = option("adamw", "adamw or adam.", choices=OPTIMIZERS)
+    weight_decay: float = option(0.01, "AdamW weight decay.")
+    arcface_scale: float = option(30.0, "ArcFace scale s.")
+    arcface_margin: float = option(0.5, "ArcFace additive angular margin m (radians).")
+    specaug_mask: int = option(80, "SpecAugment maximum time and frequency mask length; 0 disables.")
+    hidden_dim: int = option(128, "Width of the first dense layer of the head.")
+    emb_dim: int = option(128, "Width of the embedding (second dense layer) fed to ArcFace.")
+    embedding_layer: str = option("second", "Dense layer whose output the detector embeds: first or second.", choices=("first", "second"))
+    branch_weights: list[float] = option([1.0, 1.0], "Dual: per-branch loss weights, BEATs then EAT (repeat the option).")
+    seconds: float = option(10.0, "Pad or cut every clip to this many seconds (10 in the paper).")
+    seed: int = option(0, "Seed of the initialisation, batch order and augmentation.")
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
+    amp: bool = option(True, "bf16 autocast on CUDA (ignored on CPU).", recipe=False)
+    workers: int = option(0, "Data-loading worker processes.", recipe=False)
+    checkpoint_every: int = option(100, "Steps between resumable checkpoints.", recipe=False)
+    log_every: int = option(1, "Steps between rows of train_log.csv.", recipe=False)
+    resume: bool = option(False, "Continue the unfinished run in --out from its last checkpoint.", recipe=False)
+
+    def validate(self) -> None:
+        if self.labels == "pseudo" and not self.pseudo_labels:
+            raise AsdError("--labels pseudo needs --pseudo-labels FILE")
+        _at_least(self, 1, "steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "hidden_dim", "emb_dim")
+        _at_least(self, 0, "lora_rank", "warmup", "cycle_steps", "workers", "specaug_mask", "lr", "min_lr", "weight_decay")
+        _check_seed(self)
+        _positive(self, "max_lr", "seconds", "arcface_scale")
+        if self.min_lr > self.max_lr:
+            raise AsdError(f"--min-lr {self.min_lr} exceeds --max-lr {self.max_lr}")
+        if self.lora_alpha is not None:
+            _positive(self, "lora_alpha")
+        if not 0 <= self.arcface_margin < math.pi / 2:
+            raise AsdError(f"--arcface-margin must lie in [0, pi/2) radians, got {self.arcface_margin}")
+        if len(self.branch_weights) != 2 or min(self.branch_weights) < 0:
+            raise AsdError(f"--branch-weights takes two non-negative weights (BEATs, EAT), got {self.branch_weights}")
+
+    def checkpoints(self) -> str | dict | None:
+        """Return the pre-trained checkpoint argument of `build_classifier` (a dict for dual)."""
+        if not self.checkpoint:
+            return None
+        if self.backbone != "dual":
+            return self.checkpoint
+        out = {}
+        for part in self.checkpoint.split(","):
+            key, _, value = part.partition("=")
+            if key.strip() not in ("beats", "eat") or not value.strip():
+                raise AsdError(f"dual checkpoint must read beats=PATH,eat=PATH, got {self.checkpoint!r}")
+            out[key.strip()] = value.strip()
+        return out
+
+
+@dataclass(kw_only=True)
+class PseudolabelConfig:
+    """asdtool pseudolabel: Cluster the embeddings of machine types without attributes into pseudo attribute classes (AHC, UMAP plots)."""
+
+    SECTION = Section("pseudolabel", named=True)
+
+    model: Path = option(help="Stage-one model folder from asdtool finetune on the real attributes (the -full model).", recipe=False)
+    data_root: Path = option(help="DCASE data root; the training clips of every machine type without attributes are clustered.", recipe=False)
+    out: Path = option(help="Pseudo-label CSV to write (file_name,machine,pseudo_label); <stem>.summary.json goes beside it.", recipe=False)
+    clusters: list[str] = option([], "MACHINE=COUNT, repeatable (the paper, dev: gearbox=20 slider=20 ToyTrain=25). A type without attributes left out gets the count of best silhouette over --suggest-range.", metavar="MACHINE=COUNT")
+    plots: Path | None = option(None, "Folder for one UMAP scatter PNG per machine type. (default: <out stem>_umap/ beside --out)", recipe=False)
+    suggest: bool = option(False, "Also score every count of --suggest-range by silhouette and show the best.")
+    suggest_range: str = option("2-30", "Cluster counts LO-HI tried by --suggest and for types given no count.", metavar="LO-HI")
+    linkage: str = option("ward", "AHC linkage: ward on L2-normalised embeddings, or average/complete/single on cosine distance.", choices=LINKAGES)
+    seconds: float | None = option(None, "Pad or cut every clip to this many seconds. (default: the model's clip length)")
+    batch_size: int = option(16, "Clips per embedding batch.", recipe=False)
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
+    seed: int = option(0, "Seed of the UMAP layout (the clustering itself is deterministic).")
+
+    def validate(self) -> None:
+        _at_least(self, 1, "batch_size")
+        _positive(self, "seconds")
+        _check_seed(self)
+
+
+@dataclass(kw_only=True)
+class EmbedConfig:
+    """asdtool embed: Embed every train and test clip with a fine-tuned model into an HDF5 store."""
+
+    SECTION = Section("embed")
+
+    model: Path = option(help="Model folder written by `asdtool finetune`.", recipe=False)
+    data_root: Path = option(help="DCASE data root holding <machine>/train and <machine>/test.", recipe=False)
+    out: Path = option(help="HDF5 embedding store to write (e.g. embeddings/beats-lora.h5).", recipe=False)
+    batch_size: int = option(16, "Clips per forward pass.", recipe=False)
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
+    amp: bool = option(True, "bf16 autocast on CUDA (ignored on CPU).", recipe=False)
+    seconds: float | None = option(None, "Pad or cut clips to this many seconds (default: as in training).")
+    name: str | None = option(None, "Model name recorded in the store (default: the model folder's name).")
+
+    def validate(self) -> None:
+        _at_least(self, 1, "batch_size")
+        _positive(self, "seconds")
+
+
+@dataclass(kw_only=True)
+class DetectConfig:
+    """asdtool detect: Score every clip by its cosine distance to the nearest training embedding (source + SMOTE-balanced target)."""
+
+    SECTION = Section("detect")
+
+    embeddings: Path = option(help="Embedding store (HDF5) written by `asdtool embed`.", recipe=False)
+    out: Path = option(help="Score folder to write: official anomaly_score_*_test.csv, the _train.csv files (training clips scored leave-one-out, for decision thresholds) and scores.h5.", recipe=False)
+    k: int = option(1, "Score = mean cosine distance to the k nearest training embeddings (the paper: 1).")
+    smote_ratio: float = option(1.0, "SMOTE oversamples the target-domain training embeddings to this many times the source count (1 balances the domains; 0 disables).")
+    smote_k: int = option(5, "Neighbours SMOTE interpolates between (clipped to target clips - 1).")
+    seed: int = option(0, "Random seed of SMOTE: the scores are deterministic for a seed.")
+    data_root: Path | None = option(None, "Refuse the store unless it was built from this data root's clip list.", recipe=False)
+
+    def validate(self) -> None:
+        _at_least(self, 1, "k", "smote_k")
+        _at_least(self, 0, "smote_ratio")
+        _check_seed(self)
+
+
+@dataclass(kw_only=True)
+class BaselineConfig:
+    """asdtool baseline: Score clips with the log-mel 1-NN reference detector (mean log-mel spectrum, cosine distance)."""
+
+    SECTION = Section("baseline")
+
+    data_root: Path = option(help="DCASE data root holding <machine>/train and <machine>/test.", recipe=False)
+    out: Path = option(help="Score folder to write (official anomaly_score_*.csv files).", recipe=False)
+    seconds: float | None = option(None, "Pad or cut every clip to this many seconds (default: keep each clip's length).")
+    machine: list[str] = option([], "Only this machine type (repeatable; default: every machine folder).")
+
+    def validate(self) -> None:
+        _positive(self, "seconds")
+
+
+@dataclass(kw_only=True)
+class EnsembleConfig:
+    """asdtool ensemble: Fuse score folders linearly after per-machine z-normalisation; --search grid-searches the weights."""
+
+    SECTION = Section("ensemble", named=True)
+
+    scores: list[Path] = option([], "Score folder of one model; repeat the option per model: --scores scores/a --scores scores/b.")
+    out: Path = option(help="Folder for the fused anomaly_score_*.csv files (and scores.h5 when every input has one).", recipe=False)
+    weights: list[float] = option([], "Weight of each --scores folder, in the same order; repeat it. Non-negative, positive sum.")
+    search: bool = option(False, "Grid-search the weights on the dev set (needs --data-root) and fuse with the best.")
+    data_root: Path | None = option(None, "Dev data root: ground truth for --search, or for printing the fused metrics.", recipe=False)
+    step: float = option(0.1, "Grid step of --search: weights in {0, step, 2 step, ...} summing to 1.")
+    top: int = option(10, "How many of the best weight vectors --search prints and writes.")
+    search_out: Path | None = option(None, 'Write the --search result as JSON: {"models", "best": {"weights", "official_score"}, "top"}.', recipe=False)
+
+    def validate(self) -> None:
+        if not self.scores:
+            raise AsdError("give at least one --scores folder")
+        if self.search and self.weights:
+            raise AsdError("give --weights or --search, not both")
+        if not self.search and not self.weights:
+            raise AsdError("give one --weights per --scores folder, or --search with --data-root")
+        if self.search and self.data_root is None:
+            raise AsdError("--search needs --data-root (the dev set whose official score it maximises)")
+        if self.search_out is not None and not self.search:
+            raise AsdError("--search-out needs --search")
+        _at_least(self, 1, "top")
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig:
+    """asdtool evaluate: Compute the official DCASE Task 2 metrics (AUC source/target, pAUC, harmonic means) of a score folder."""
+
+    SECTION = Section("evaluate")
+
+    scores: Path = option(help="Folder of anomaly_score_<machine>_section_NN_test.csv files.", recipe=False)
+    data_root: Path | None = option(None, "Dev data root: ground truth from the test-clip names.", recipe=False)
+    ground_truth: Path | None = option(None, "Organisers' ground-truth folder (ground_truth_data/, ground_truth_domain/, ground_truth_attributes/).", recipe=False)
+    out: Path | None = option(None, "Write the metrics as JSON here (fractions).", recipe=False)
+    decisions: bool = option(False, "Also write decision_result_<machine>_section_NN_test.csv: anomalous when the score exceeds the --decision-quantile of a gamma fitted to the _train.csv scores.")
+    decisions_dir: Path | None = option(None, "Folder for the decision files (default: the score folder).", recipe=False)
+    decision_quantile: float = option(0.9, "Gamma quantile of the decision threshold.")
+    name: str | None = option(None, "Title of the printed table (default: the score folder's name).")
+    roc: Path | None = option(None, "Write ROC curves here: roc_<machine>.csv (fpr,tpr over all test clips), for dvc plots.", recipe=False)
+
+    def validate(self) -> None:
+        if (self.data_root is None) == (self.ground_truth is None):
+            raise AsdError("give exactly one of --data-root (dev names) or --ground-truth (organisers' folder)")
+        if not 0.0 < self.decision_quantile < 1.0:
+            raise AsdError(f"--decision-quantile must lie in (0, 1), got {self.decision_quantile}")
+
+
+@dataclass(kw_only=True)
+class ReportConfig:
+    """asdtool report: Print and write the paper-style tables of everything evaluated."""
+
+    SECTION = Section("report")
+
+    metrics_dir: Path = option(help="Folder of <name>.json files written by asdtool evaluate --out.", recipe=False)
+    out: Path = option(help="Folder for the Markdown tables (single_models.md, systems.md).", recipe=False)
+    model: list[str] = option([], "A single model to list in the Table 1 layout (repeatable).")
+    system: list[str] = option([], "A system to list in the Table 4 layout (repeatable).")
+
+    def validate(self) -> None:
+        if not self.model and not self.system:
+            raise AsdError("name at least one --model or --system")
