@@ -15,7 +15,7 @@ from asdtool import metrics
 from asdtool.data import dcase
 from asdtool.data.audio import SAMPLE_RATE, read_clip
 from asdtool.features import kaldi_fbank
-from asdtool.vectors import l2_normalise
+from asdtool.vectors import nearest_cosine_distance
 
 
 def logmel_mean(wave: np.ndarray, n_mels: int = 128) -> np.ndarray:
@@ -25,14 +25,6 @@ def logmel_mean(wave: np.ndarray, n_mels: int = 128) -> np.ndarray:
         x, num_mel_bins=n_mels, sample_frequency=SAMPLE_RATE, frame_length=25, frame_shift=10, dither=0.0
     )
     return fbank.mean(0).numpy()
-
-
-def knn_cosine_scores(train: np.ndarray, query: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-    """Return each query's cosine distance to its nearest training vector (itself excluded if asked)."""
-    sim = l2_normalise(query, np.float32) @ l2_normalise(train, np.float32).T
-    if exclude_self:
-        np.fill_diagonal(sim, -np.inf)
-    return 1.0 - sim.max(axis=1)
 
 
 def score_dataset(
@@ -54,9 +46,12 @@ def score_dataset(
             feats[split] = (clips, np.stack(rows) if rows else np.zeros((0, 128), np.float32))
         train_clips, train = feats["train"]
         test_clips, test = feats["test"]
+        leave_one_out = [[i] for i in range(len(train))]
+        train_scores = nearest_cosine_distance(train, train, excluded=leave_one_out, dtype=np.float32)
+        test_scores = nearest_cosine_distance(train, test, dtype=np.float32) if len(test_clips) else []
         out[machine] = {
-            "train": dict(zip((c.file_name for c in train_clips), knn_cosine_scores(train, train, exclude_self=True).tolist())),
-            "test": dict(zip((c.file_name for c in test_clips), knn_cosine_scores(train, test).tolist())) if len(test_clips) else {},
+            "train": dict(zip((c.file_name for c in train_clips), np.asarray(train_scores).tolist())),
+            "test": dict(zip((c.file_name for c in test_clips), np.asarray(test_scores).tolist())),
         }
     return out
 

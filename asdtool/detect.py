@@ -18,7 +18,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from asdtool.errors import AsdError
 from asdtool.store import EMBEDDINGS, Group, Store
-from asdtool.vectors import l2_normalise
+from asdtool.vectors import l2_normalise, nearest_cosine_distance
 
 SOURCE, TARGET = 0, 1
 _PARENT_TOL = 1e-9  # squared distance of a synthetic point to its parents' segment (unit-norm inputs, float64)
@@ -107,31 +107,6 @@ def _smote_parents(target: np.ndarray, synthetic: np.ndarray, k: int, chunk: int
     return parents
 
 
-def knn_distance(bank: np.ndarray, query: np.ndarray, k: int = 1) -> np.ndarray:
-    """Return each query's mean cosine distance to its k nearest bank points."""
-    nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(bank)
-    dist, _ = nn.kneighbors(query, n_neighbors=k)
-    return dist.mean(axis=1)
-
-
-def knn_distance_excluding(
-    bank: np.ndarray, query: np.ndarray, excluded: list[np.ndarray], k: int = 1
-) -> np.ndarray:
-    """Return each query's mean cosine distance to its k nearest bank points, skipping bank rows excluded[i]."""
-    most = max((len(e) for e in excluded), default=0)
-    m = min(k + most, len(bank))
-    nn = NearestNeighbors(n_neighbors=m, metric="cosine", algorithm="brute").fit(bank)
-    dist, idx = nn.kneighbors(query, n_neighbors=m)
-    skip = np.zeros(idx.shape, dtype=bool)
-    for i, e in enumerate(excluded):
-        if len(e):
-            skip[i] = np.isin(idx[i], e)
-    keep = ~skip & (np.cumsum(~skip, axis=1) <= k)  # the k nearest that are not excluded
-    if np.any(keep.sum(axis=1) < k):
-        raise AsdError(f"too few training embeddings to score training clips leave-one-out with k={k}")
-    return (dist * keep).sum(axis=1) / k
-
-
 @dataclass
 class MachineDetection:
     """What the detector used for one machine type (for the command's table)."""
@@ -174,12 +149,12 @@ def detect_machine(
         excluded[i] = np.concatenate([[i], len(x) + made_from])
     if len(bank) - max(len(e) for e in excluded) < k:
         raise AsdError(f"{len(x)} training clips are too few to score them leave-one-out with k={k}")
-    train_scores = knn_distance_excluding(bank, x, excluded, k)
+    train_scores = nearest_cosine_distance(bank, x, k, excluded)
     test_scores = None
     if test is not None and len(test):
         if test.values.shape[1] != x.shape[1]:
             raise AsdError(f"test embeddings have {test.values.shape[1]} dimensions, training ones {x.shape[1]}")
-        test_scores = knn_distance(bank, l2_normalise(test.values), k)
+        test_scores = nearest_cosine_distance(bank, test.values, k)
     info = MachineDetection("", len(src_idx), len(tgt_idx), sm, 0 if test is None else len(test))
     return train_scores, test_scores, info
 

@@ -252,10 +252,6 @@ class FusionProblem:
         if not self.sections:
             raise AsdError("nothing to fuse: no ground-truth sections")
 
-    def official_scores(self, weights: np.ndarray, chunk: int = 1024) -> np.ndarray:
-        """Return the official score (hmean of every AUC source, AUC target and pAUC) of each weight row (G, models)."""
-        return self.scores(weights, chunk)[0]
-
     def scores(self, weights: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Return (official score, arithmetic mean) of every AUC source, AUC target and pAUC, per weight row."""
         weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -30,11 +29,7 @@ def read_pseudo_labels(path: str | Path) -> dict[tuple[str, str], str]:
     if not path.is_file():
         raise AsdError("pseudo-label file does not exist", path)
     out: dict[tuple[str, str], str] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise AsdError(f"cannot read the pseudo-label file ({exc.__class__.__name__})", path) from None
+    rows = dcase.read_csv_rows(path, "the pseudo-label file")
     if not rows or rows[0][:3] != ["file_name", "machine", "pseudo_label"]:
         raise AsdError("pseudo-label file has no 'file_name,machine,pseudo_label' header", path)
     for line_no, row in enumerate(rows[1:], start=2):

@@ -244,14 +244,19 @@ def scan_machine(root: str | Path, machine: str) -> list[Clip]:
     return clips
 
 
+def read_csv_rows(path: str | Path, what: str) -> list[list[str]]:
+    """Return the rows of a CSV file (a leading byte-order mark ignored); AsdError naming `what` if unreadable."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise AsdError(f"cannot read {what} ({exc.__class__.__name__})", path) from None
+
+
 def read_attribute_csv(path: str | Path) -> dict[str, dict[str, str]]:
     """Return {file path relative to the data root: attribute dict} from an official attributes_NN.csv."""
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AsdError(f"cannot read attribute file ({exc.__class__.__name__})", path) from None
+    rows = read_csv_rows(path, "attribute file")
     if not rows or not rows[0] or rows[0][0] != "file_name":
         raise AsdError("attribute file has no 'file_name,d1p,d1v,...' header", path)
     header = rows[0]

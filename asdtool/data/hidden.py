@@ -10,6 +10,7 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
+from asdtool.data.dcase import read_csv_rows
 from asdtool.errors import AsdError
 
 HIDDEN_ATTRIBUTES_FILE = "hidden_attributes.csv"
@@ -19,11 +20,7 @@ _HEADER = ["machine", "file_name", "hidden_attributes"]
 def read_hidden_rows(path: str | Path) -> list[tuple[str, str, str]]:
     """Return the (machine, file_name, hidden_attributes) rows of a hidden_attributes.csv."""
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AsdError(f"cannot read hidden attribute file ({exc.__class__.__name__})", path) from None
+    rows = read_csv_rows(path, "hidden attribute file")
     if not rows or rows[0] != _HEADER:
         raise AsdError("hidden attribute file has no 'machine,file_name,hidden_attributes' header", path)
     return [tuple(r) for r in rows[1:] if len(r) == 3]  # type: ignore[misc]
