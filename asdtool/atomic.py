@@ -64,6 +64,9 @@ def current_umask() -> int:
     return mask
 
 
+_VCS_FILES = {".gitignore"}  # DVC lists a stage's file outputs in a .gitignore beside them
+
+
 def check_output(path: str | Path, *, folder: bool, ours: Callable[[str], bool] | None = None) -> Path:
     """Return `path` after refusing, before any work starts, an output that cannot or must not be written.
 
@@ -78,7 +81,7 @@ def check_output(path: str | Path, *, folder: bool, ours: Callable[[str], bool] 
         if not folder and path.is_dir():
             raise AsdError("is a folder; give a file name for this output", path)
         if folder and ours is not None:
-            strangers = sorted(p.name for p in path.iterdir() if not ours(p.name))
+            strangers = sorted(p.name for p in path.iterdir() if not ours(p.name) and p.name not in _VCS_FILES)
             if strangers:
                 raise AsdError(
                     f"holds {strangers[0]}{f' and {len(strangers) - 1} more' if len(strangers) > 1 else ''}, "

@@ -188,10 +188,12 @@ def adjusted_rand(labels: np.ndarray, truth: Sequence[str]) -> float:
 
 
 def umap_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Return a seeded 2-D UMAP [N, 2] of L2-normalised embeddings (a PCA projection below 4 points)."""
+    """Return a seeded 2-D UMAP [N, 2] of L2-normalised embeddings (a PCA projection up to UMAP_NEIGHBOURS points)."""
     x = l2_normalise(embeddings)
     n = len(x)
-    if n < 4:  # UMAP needs a neighbourhood graph; a handful of points are shown as they are
+    if n <= UMAP_NEIGHBOURS:
+        # with no more points than a neighbourhood, UMAP's graph joins every pair and its layout
+        # shows nothing a linear projection does not; PCA also spares numba's compilation (~8 s)
         centred = x - x.mean(axis=0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
         xy = centred @ vt[:2].T
@@ -200,10 +202,10 @@ def umap_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
 
     reducer = umap.UMAP(
         n_components=2,
-        n_neighbors=min(UMAP_NEIGHBOURS, n - 1),
+        n_neighbors=UMAP_NEIGHBOURS,
         min_dist=0.1,
         metric="euclidean",  # unit vectors: the order of cosine distances
-        init="spectral" if n > UMAP_NEIGHBOURS else "random",  # spectral init needs a connected graph
+        init="spectral",
         random_state=seed,
         n_jobs=1,  # a seeded UMAP runs on one thread anyway; saying so silences its warning
     )

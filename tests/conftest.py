@@ -1,14 +1,24 @@
-"""Shared test helpers: a tiny hand-made DCASE layout."""
+"""Shared test helpers: a tiny hand-made DCASE layout.
+
+The suite runs on two pytest-xdist workers (pyproject.toml); each worker, and every process it
+starts (DVC stages, torchrun), uses one compute thread, so two workers share two cores instead of
+oversubscribing them. Set before torch is first imported.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import numpy as np
-import pytest
-import soundfile as sf
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from asdtool.data.dcase import format_name, write_attribute_csv
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from asdtool.data.dcase import format_name, write_attribute_csv  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -84,3 +94,8 @@ def reference_errors_on_reproducible_fft(module: str, ckpt: Path, io: Path) -> d
     code = _REFERENCE_RUN.format(module=module, ckpt=str(ckpt), io=str(io))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def pytest_collection_modifyitems(items):
+    """Start the longest file first (the reduced DVC pipeline), so the other worker runs the rest meanwhile."""
+    items.sort(key=lambda item: item.path.name != "test_pipeline.py")  # stable: the order within files stays

@@ -118,7 +118,7 @@ def test_multi_backprop_equals_branch_then_joint_backward():
     (weights[1] * losses["eat"]).backward(retain_graph=True)
     losses["joint"].backward()
     for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, combined[n], atol=1e-6, rtol=1e-4, msg=n)
+        torch.testing.assert_close(p.grad, combined[n], atol=1e-5, rtol=1e-4, msg=n)  # analytically-zero grads (softmax biases) are float32 noise
 
 
 def test_dual_branch_weight_zero_leaves_that_branch_head_untouched():

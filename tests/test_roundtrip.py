@@ -13,7 +13,7 @@ from asdtool.data import dcase
 def test_synth_scores_evaluate_round_trip(tmp_path):
     runner = CliRunner()
     data, scores, out = tmp_path / "dev", tmp_path / "scores", tmp_path / "metrics.json"
-    r = runner.invoke(app, ["synth", "--out", str(data), "--seconds", "1", "--source-train", "12",
+    r = runner.invoke(app, ["synth", "--out", str(data), "--seconds", "0.5", "--source-train", "8",
                             "--target-train", "3", "--test-per-domain", "6", "--seed", "5"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["baseline", "--data-root", str(data), "--out", str(scores)])

@@ -3,15 +3,17 @@
 The paper (BEATs-LoRA, EAT-LoRA) finds that "only injecting additional parameters to the q
 projection layer, v projection layer and out projection layer of self attention modules works
 best", with r = 64. EAT fuses q, k and v into one `qkv` Linear, so its adapter covers k as well;
-peft cannot adapt a slice of a Linear.
+peft cannot adapt a slice of a Linear. peft (which imports transformers, ~2 s) is imported only
+when adapters are made; full fine-tuning never loads it.
 """
 
 from __future__ import annotations
 
 import re
 
+import sys
+
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from asdtool.errors import AsdError
@@ -30,7 +32,7 @@ def apply_lora(
     rank: int = 64,
     alpha: float | None = None,
     dropout: float = 0.0,
-) -> PeftModel:
+) -> nn.Module:
     """Return `backbone` wrapped by peft with LoRA adapters on its attention projections; the rest frozen.
 
     `alpha` defaults to `rank` (scaling alpha / r = 1, so the update's size does not depend on r;
@@ -49,6 +51,8 @@ def apply_lora(
         # a rank above the layer width adds parameters (and checkpoint size) but no expressiveness
         raise AsdError(f"--lora-rank {rank} exceeds the width {width} of the {backbone_name} attention projections it adapts; "
                        f"choose 1..{width}")  # fmt: skip
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(
         r=int(rank),
         lora_alpha=float(rank if alpha is None else alpha),
@@ -69,8 +73,12 @@ def lora_modules(module: nn.Module) -> list[str]:
     return [name for name, m in module.named_modules() if isinstance(m, LoraLayer)]
 
 
-def _peft_models(module: nn.Module) -> list[tuple[str, PeftModel]]:
+def _peft_models(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """Return (prefix, peft model) for every PeftModel in `module`, `module` itself included."""
+    if "peft" not in sys.modules:  # no adapter can exist before peft is imported
+        return []
+    from peft import PeftModel
+
     return [(f"{name}." if name else "", m) for name, m in module.named_modules() if isinstance(m, PeftModel)]
 
 
@@ -83,6 +91,8 @@ def adapter_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     found = _peft_models(module)
     if not found:
         raise AsdError("model has no LoRA adapters to save")
+    from peft import get_peft_model_state_dict
+
     state = {}
     for prefix, peft_model in found:
         for key, value in get_peft_model_state_dict(peft_model).items():
@@ -98,6 +108,8 @@ def load_adapter_state_dict(module: nn.Module, state: dict[str, torch.Tensor], p
     found = _peft_models(module)
     if not found:
         raise AsdError("model has no LoRA adapters to load weights into", path)
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
     # the longest prefix first, so a nested wrapper claims its own keys
     found.sort(key=lambda item: len(item[0]), reverse=True)
     parts: dict[str, dict[str, torch.Tensor]] = {prefix: {} for prefix, _ in found}
