@@ -172,19 +172,6 @@ def build(cls, params: Path | None, name: str | None, given: dict[str, Any]):
     return cfg
 
 
-def recipe_dict(cfg) -> dict[str, Any]:
-    """Return the fields of `cfg` that change what a run computes, as plain JSON-able values."""
-    return {f.name: _plain(getattr(cfg, f.name)) for f in fields(cfg) if f.metadata.get("recipe", True)}
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
 # ----------------------------------------------------------------------------- range checks
 
 

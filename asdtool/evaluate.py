@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from asdtool import metrics
-from asdtool.atomic import atomic_dir, check_output
+from asdtool.atomic import atomic_dir, check_output, write_json
 from asdtool.data import dcase
 
 
@@ -57,5 +57,5 @@ def evaluate_folder(
                 lines = ["fpr,tpr"] + [f"{f!r},{t!r}" for f, t in points.tolist()]
                 (tmp / f"roc_{machine}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     if out is not None:
-        metrics.write_metrics_json(out, summary)
+        write_json(out, summary)
     return summary

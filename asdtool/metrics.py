@@ -11,7 +11,6 @@ with missing, extra or duplicated clips is refused.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 import sys
@@ -345,12 +344,6 @@ def roc_points(truths: Sequence[SectionTruth], score_dir: str | Path) -> dict[st
         fpr, tpr, _ = roc_curve(np.concatenate(ys), np.concatenate(ss))
         out[machine] = np.stack([fpr, tpr], axis=1)
     return out
-
-
-def write_metrics_json(path: str | Path, metrics: dict) -> None:
-    """Write metrics.json atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
 
 # --- decisions --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asdtool.atomic import atomic_path
+from asdtool.atomic import atomic_path, write_json
 from asdtool.data.audio import SAMPLE_RATE
 from asdtool.errors import AsdError, few
 from asdtool.features import kaldi_fbank
@@ -503,6 +503,5 @@ def to_hf(model: EAT, folder: str | Path) -> Path:
     }
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(_export(model, HF_KEYS), str(tmp), metadata={"format": "pt"})
-    with atomic_path(folder / "config.json") as tmp:
-        tmp.write_text(json.dumps(hf_config, indent=2) + "\n")
+    write_json(folder / "config.json", hf_config)
     return folder
