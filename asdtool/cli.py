@@ -98,6 +98,15 @@ def _parameter(cls, f) -> inspect.Parameter:
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[annotation, opt])
 
 
+def _plain(value: Any) -> Any:
+    """Return an option's value with choice enums as their strings and tuples as lists."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _interrupted(module, cfg) -> str:
     note = getattr(module, "interrupted", None)
     return note(cfg) if note else "interrupted; nothing was written (outputs appear only when complete)"
@@ -118,9 +127,7 @@ def make_command(stage: str, cls) -> typing.Callable:
 
     def command(**kwargs: Any) -> None:
         params_file, name = kwargs.pop("params"), kwargs.pop("name", None)
-        given = {k: (v.value if isinstance(v, enum.Enum) else [x.value if isinstance(x, enum.Enum) else x for x in v]
-                     if isinstance(v, (list, tuple)) else v) for k, v in kwargs.items()}  # fmt: skip
-        given = {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items() if v not in (None, [], ())}
+        given = {k: _plain(v) for k, v in kwargs.items() if v not in (None, [], ())}  # None: not given here
         module, cfg = None, None
         try:
             cfg = config.build(cls, params_file, name, given)
