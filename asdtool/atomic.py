@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from asdtool.errors import AsdError
+from asdtool.errors import AsdError, few
 
 
 @contextlib.contextmanager
@@ -83,11 +83,8 @@ def check_output(path: str | Path, *, folder: bool, ours: Callable[[str], bool] 
         if folder and ours is not None:
             strangers = sorted(p.name for p in path.iterdir() if not ours(p.name) and p.name not in _VCS_FILES)
             if strangers:
-                raise AsdError(
-                    f"holds {strangers[0]}{f' and {len(strangers) - 1} more' if len(strangers) > 1 else ''}, "
-                    "which this command did not write; refusing to replace the folder (choose another output)",
-                    path,
-                )
+                raise AsdError(f"holds {few(strangers, 1)}, which this command did not write; refusing to replace "
+                               "the folder (choose another output)", path)  # fmt: skip
     parent = path.parent
     while not parent.exists():
         if parent.is_symlink():  # a dangling link: makedirs would fail later
