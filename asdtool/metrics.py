@@ -31,6 +31,7 @@ EPS = sys.float_info.epsilon
 DECISION_QUANTILE = 0.9
 # the name of a submission score file: score_file_name(machine, section, split) matches it
 SCORE_FILE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d{2})_(?P<split>test|train)\.csv$")
+DECISION_FILE = re.compile(r"^decision_result_(?P<machine>.+)_section_(?P<section>\d{2})_test\.csv$")
 _GT_FILE = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d{2})_test\.csv$")
 
 

@@ -5,20 +5,19 @@ One writer serves every producer (detect, baseline, ensemble); the folder appear
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Mapping
 
 from asdtool.atomic import atomic_dir, check_output
+from asdtool.metrics import DECISION_FILE, SCORE_FILE, score_file_name, write_score_csv
 
 SCORE_STORE = "scores.h5"
 Key = tuple[str, str, str]  # (machine, section, split)
-_OWN_ENTRY = re.compile(r"^(anomaly_score_.+_section_\d{2}_(test|train)|decision_result_.+_section_\d{2}_test)\.csv$")
 
 
 def is_own_entry(name: str) -> bool:
     """Return whether a file name is one a score folder holds (so a folder of them may be replaced)."""
-    return name == SCORE_STORE or bool(_OWN_ENTRY.match(name))
+    return name == SCORE_STORE or bool(SCORE_FILE.match(name) or DECISION_FILE.match(name))
 
 
 def check_score_folder(out: str | Path) -> Path:
@@ -28,7 +27,6 @@ def check_score_folder(out: str | Path) -> Path:
 
 def write_score_folder(out: str | Path, rows: Mapping[Key, Mapping[str, float]], store=None) -> None:
     """Write one official CSV per (machine, section, split) and, given (meta, groups), `scores.h5`, atomically."""
-    from asdtool.metrics import score_file_name, write_score_csv
     from asdtool.store import write_scores
 
     with atomic_dir(out) as tmp:
