@@ -140,7 +140,10 @@ def set_rng_state(state: dict) -> None:
 
 def config_dict(cfg: FinetuneConfig) -> dict:
     """Return every field of the config as plain values (paths as strings)."""
-    return {f.name: (str(v) if isinstance(v := getattr(cfg, f.name), Path) else v) for f in fields(cfg)}
+    def plain(v):
+        return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(v, list) else v
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in fields(cfg)}
 
 
 def save_checkpoint(out: Path, model, cfg: FinetuneConfig, class_map: dict[str, int], optimizer, scheduler, step: int,
@@ -163,8 +166,17 @@ def save_checkpoint(out: Path, model, cfg: FinetuneConfig, class_map: dict[str, 
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
     }
-    with atomic_path(out / CHECKPOINT) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, out / CHECKPOINT)
+
+
+def save_torch(payload: object, path: str | Path) -> None:
+    """torch.save `payload` to `path` atomically, with the same bytes for the same payload.
+
+    Saved through a file object: given a path, torch names the archive's root folder after the
+    file, and the temporary file's random name would make every write differ.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def read_checkpoint(path: str | Path) -> dict:

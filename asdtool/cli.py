@@ -29,6 +29,8 @@ from asdtool.errors import AsdError
 # in pipeline order
 STAGES: dict[str, type] = {
     "synth": config.SynthConfig,
+    "corpus": config.CorpusConfig,
+    "pretrain": config.PretrainConfig,
     "finetune": config.FinetuneConfig,
     "pseudolabel": config.PseudolabelConfig,
     "embed": config.EmbedConfig,

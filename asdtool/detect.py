@@ -5,6 +5,28 @@ ones, oversampled with SMOTE so the two domains weigh the same (the paper's doma
 anomaly score of a clip is its cosine distance to the nearest bank embedding (k = 1 in the paper; with
 k > 1 the mean over the k nearest). Training clips are scored leave-one-out (their own embedding and
 the synthetic points SMOTE made from it do not count), so decision thresholds can be fitted on them.
+
+Domain-wise normalisation (`normalise`) puts source and target scores on one scale: the target bank is
+6-10 real clips plus their SMOTE interpolants, so normal target clips lie farther from it than normal
+source clips from the source bank. The domain of a clip is the domain of its nearest bank point (SMOTE
+points count as target), since DCASE 2024 and later hide the test clips' domain.
+
+- `domain-z`: (distance - mean) / std, with the mean and std of the leave-one-out scores of the
+  training clips of that domain. A training clip's own score is left out of its statistics (it plays
+  a test clip); a domain with fewer than 2 such scores uses those of all training clips.
+- `local-density`: distance / r(nearest bank point), where r(o) is the mean cosine distance of o to
+  its `density_k` nearest real training clips of its domain (LOF-like; k clipped to the clips there).
+  SMOTE points are left out of these density banks: each lies on the segment between two target
+  clips, often close to one, so counting them would shrink r to a fraction of the real spacing and
+  inflate every score near the target domain. A SMOTE point that is itself the nearest point takes
+  r interpolated between its two parents, r = (1 - t) r(a) + t r(b), as it stands for that segment.
+  A training clip scored leave-one-out is also left out of its neighbour's density bank (else its
+  neighbour's r would be its own distance). A domain with no other clip uses all training clips.
+  The default k = 2 is the smallest that one near-duplicate clip cannot shrink to about 0, and it
+  stays local with 6-10 target clips (a target neighbour has 4-8 others left in leave-one-out).
+
+With a normalisation, detect records it in the root attributes of `scores.h5` (`detect_normalise`,
+and `detect_density_k` for local-density); without, `scores.h5` is unchanged (no attribute: none).
 """
 
 from __future__ import annotations
@@ -21,6 +43,8 @@ from asdtool.store import EMBEDDINGS, Group, Store
 from asdtool.vectors import l2_normalise, nearest_cosine_distance
 
 SOURCE, TARGET = 0, 1
+NORMALISATIONS = ("none", "domain-z", "local-density")
+_SCALE_FLOOR = 1e-6  # smallest std or density radius divided by (cosine distances of identical clips are 0)
 _PARENT_TOL = 1e-9  # squared distance of a synthetic point to its parents' segment (unit-norm inputs, float64)
 
 
@@ -107,6 +131,174 @@ def _smote_parents(target: np.ndarray, synthetic: np.ndarray, k: int, chunk: int
     return parents
 
 
+# --- domain-wise normalisation -----------------------------------------------------------------
+
+
+@dataclass
+class Normalisation:
+    """How the scores of one machine type were normalised (for the command's table)."""
+
+    mode: str
+    test_nn_target: int = 0  # test clips whose nearest bank point is of the target domain (a clip or a SMOTE point)
+    stats: dict[int, tuple[float, float]] = field(default_factory=dict)  # domain-z: domain -> (mean, std)
+    density_k: dict[int, int] = field(default_factory=dict)  # local-density: domain -> k of its density bank
+    fallback: str = ""  # which domain fell back to all training clips ("" when none did)
+
+
+def check_normalisation(normalise: str, density_k: int) -> None:
+    """Refuse an unknown normalisation or a density k below 1."""
+    if normalise not in NORMALISATIONS:
+        raise AsdError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
+    if isinstance(density_k, bool) or not isinstance(density_k, (int, np.integer)) or density_k < 1:
+        raise AsdError(f"density k must be an integer of 1 or more, got {density_k!r}")
+
+
+def nearest_rows(bank: np.ndarray, query: np.ndarray, excluded: list[np.ndarray] | None = None) -> np.ndarray:
+    """Return the index of each query row's nearest bank row by cosine distance (the lowest index on ties)."""
+    d = 1.0 - l2_normalise(query) @ l2_normalise(bank).T  # (Q, N)
+    np.clip(d, 0.0, 2.0, out=d)
+    if excluded is not None:
+        for i, rows in enumerate(excluded):
+            d[i, rows] = np.inf
+    return d.argmin(axis=1)
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float] | None:
+    """Return (mean, sample std floored at _SCALE_FLOOR) of 2 or more values, None for fewer."""
+    if len(values) < 2:
+        return None
+    return float(np.mean(values)), max(float(np.std(values, ddof=1)), _SCALE_FLOOR)
+
+
+def domain_z(
+    train_scores: np.ndarray, train_domain: np.ndarray, train_nn_domain: np.ndarray,
+    test_scores: np.ndarray, test_nn_domain: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, Normalisation]:  # fmt: skip
+    """Return (training, test scores) standardised by the statistics of their nearest bank point's domain.
+
+    The statistics of domain d are the mean and std of the (leave-one-out) scores of d's training
+    clips. A training clip's own score is left out of the statistics it is standardised with, so it
+    is scored like a test clip; a domain with fewer than 2 scores uses those of all training clips.
+    """
+    train_scores, test_scores = np.asarray(train_scores, np.float64), np.asarray(test_scores, np.float64)
+    info = Normalisation("domain-z")
+    fell_back: set[int] = set()
+    for d in (SOURCE, TARGET):
+        stats = _mean_std(train_scores[train_domain == d])
+        if stats is None:
+            stats = _mean_std(train_scores)
+            fell_back.add(d)
+        if stats is None:
+            raise AsdError(f"{len(train_scores)} training clip(s) are too few for domain-z normalisation")
+        info.stats[d] = stats
+    test_z = np.empty_like(test_scores)
+    for d, (mean, std) in info.stats.items():
+        on = test_nn_domain == d
+        test_z[on] = (test_scores[on] - mean) / std
+    train_z = np.empty_like(train_scores)
+    others = np.ones(len(train_scores), dtype=bool)
+    for i, d in enumerate(train_nn_domain):
+        others[i] = False
+        stats = _mean_std(train_scores[others & (train_domain == d)])
+        if stats is None:
+            stats = _mean_std(train_scores[others])
+            fell_back.add(int(d))
+        others[i] = True
+        if stats is None:
+            raise AsdError(f"{len(train_scores)} training clip(s) are too few for domain-z normalisation")
+        train_z[i] = (train_scores[i] - stats[0]) / stats[1]
+    info.test_nn_target = int(np.sum(test_nn_domain == TARGET))
+    info.fallback = _fallback_note(fell_back)
+    return train_z, test_z, info
+
+
+def _fallback_note(domains: set[int]) -> str:
+    names = [name for d, name in ((SOURCE, "source"), (TARGET, "target")) if d in domains]
+    return " and ".join(names) + " used all training clips" if names else ""
+
+
+class _DensityBanks:
+    """Mean cosine distance of a training clip to its k nearest real training clips of its own domain."""
+
+    def __init__(self, x: np.ndarray, domain: np.ndarray, k: int):
+        self.x, self.domain, self.k = x, np.asarray(domain), k
+        self.d = 1.0 - x @ x.T  # (N, N) cosine distances of the unit rows
+        np.clip(self.d, 0.0, 2.0, out=self.d)
+        self.fell_back: set[int] = set()
+
+    def members(self, d: int, leave_out: tuple[int, ...]) -> np.ndarray:
+        """Return the mask of domain d's clips, less `leave_out`; all clips less `leave_out` when that is empty."""
+        mask = self.domain == d
+        mask[list(leave_out)] = False
+        if not mask.any():
+            self.fell_back.add(d)
+            mask = np.ones(len(self.domain), dtype=bool)
+            mask[list(leave_out)] = False
+        if not mask.any():
+            raise AsdError(f"{len(self.domain)} training clip(s) are too few for local-density normalisation")
+        return mask
+
+    def of_clip(self, j: int, leave_out: int = -1) -> float:
+        """Return r of training clip j: mean distance to its k nearest other clips of its domain (never `leave_out`)."""
+        mask = self.members(int(self.domain[j]), (j,) if leave_out < 0 else (j, leave_out))
+        return _mean_smallest(self.d[j, mask], self.k)
+
+    def of_point(self, z: np.ndarray, parents: np.ndarray, tgt_idx: np.ndarray, leave_out: int = -1) -> float:
+        """Return r of a SMOTE point: its parents' r interpolated along their segment (k-NN over target clips if unknown)."""
+        if parents[0] >= 0:
+            a, b = tgt_idx[parents[0]], tgt_idx[parents[1]]
+            ab = self.x[b] - self.x[a]
+            t = float(np.clip(np.dot(z - self.x[a], ab) / max(float(np.dot(ab, ab)), 1e-300), 0.0, 1.0))
+            return (1.0 - t) * self.of_clip(a, leave_out) + t * self.of_clip(b, leave_out)
+        mask = self.members(TARGET, () if leave_out < 0 else (leave_out,))
+        return _mean_smallest(1.0 - self.x[mask] @ l2_normalise(z), self.k)
+
+    def k_used(self, d: int) -> int:
+        """Return the k of domain d's density bank for a test clip's neighbour (k clipped to the clips there)."""
+        n = int(np.sum(self.domain == d))
+        return min(self.k, n - 1 if n > 1 else len(self.domain) - 1)
+
+
+def _mean_smallest(values: np.ndarray, k: int) -> float:
+    k = min(k, len(values))
+    return float(np.partition(np.clip(values, 0.0, 2.0), k - 1)[:k].mean())
+
+
+def local_density(
+    x: np.ndarray, domain: np.ndarray, sm: SmoteResult, tgt_idx: np.ndarray, density_k: int,
+    train_scores: np.ndarray, train_nn: np.ndarray, test_scores: np.ndarray, test_nn: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, Normalisation]:  # fmt: skip
+    """Return (training, test scores) divided by the density radius r of each clip's nearest bank point.
+
+    Bank rows are the training clips `x` (unit rows, store order) then the SMOTE points `sm.synthetic`;
+    `*_nn` are the nearest bank rows. Training clip i (scored leave-one-out) is left out of the density
+    bank of its neighbour.
+    """
+    banks = _DensityBanks(x, domain, density_k)
+    n = len(x)
+
+    def radius(row: int, leave_out: int = -1) -> float:
+        if row < n:
+            return banks.of_clip(row, leave_out)
+        return banks.of_point(sm.synthetic[row - n], sm.parents[row - n], tgt_idx, leave_out)
+
+    r_train = np.array([radius(int(j), i) for i, j in enumerate(train_nn)], dtype=np.float64)
+    r_test = np.array([radius(int(j)) for j in test_nn], dtype=np.float64)
+    info = Normalisation("local-density")
+    info.density_k = {d: banks.k_used(d) for d in (SOURCE, TARGET) if np.any(domain == d)}
+    nn_domain = np.where(np.asarray(test_nn) < n, domain[np.minimum(test_nn, n - 1)], TARGET)
+    info.test_nn_target = int(np.sum(nn_domain == TARGET))
+    info.fallback = _fallback_note(banks.fell_back)
+    return (
+        np.asarray(train_scores, np.float64) / np.maximum(r_train, _SCALE_FLOOR),
+        np.asarray(test_scores, np.float64) / np.maximum(r_test, _SCALE_FLOOR),
+        info,
+    )
+
+
+# --- the detector --------------------------------------------------------------------------------
+
+
 @dataclass
 class MachineDetection:
     """What the detector used for one machine type (for the command's table)."""
@@ -116,6 +308,7 @@ class MachineDetection:
     n_target: int
     smote: SmoteResult
     n_test: int
+    normalisation: Normalisation | None = None  # None: raw distances
 
     @property
     def bank_size(self) -> int:
@@ -131,9 +324,11 @@ class Detection:
 
 
 def detect_machine(
-    train: Group, test: Group | None, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray | None, MachineDetection]:
+    train: Group, test: Group | None, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0,
+    normalise: str = "none", density_k: int = 2,
+) -> tuple[np.ndarray, np.ndarray | None, MachineDetection]:  # fmt: skip
     """Return (train scores leave-one-out, test scores, what was done) of one machine type."""
+    check_normalisation(normalise, density_k)
     x = l2_normalise(train.values)  # (N, D)
     if np.any(train.domain == -1):
         raise AsdError("training clips of unknown domain: cannot split source from target")
@@ -156,12 +351,30 @@ def detect_machine(
             raise AsdError(f"test embeddings have {test.values.shape[1]} dimensions, training ones {x.shape[1]}")
         test_scores = nearest_cosine_distance(bank, test.values, k)
     info = MachineDetection("", len(src_idx), len(tgt_idx), sm, 0 if test is None else len(test))
-    return train_scores, test_scores, info
+    if normalise == "none":
+        return train_scores, test_scores, info
+
+    # the nearest bank point (the first of the k) decides the domain a clip is normalised in
+    train_nn = nearest_rows(bank, x, excluded)
+    test_values = test.values if test_scores is not None else np.zeros((0, x.shape[1]))
+    test_nn = nearest_rows(bank, test_values)
+    raw_test = test_scores if test_scores is not None else np.zeros(0)
+    if normalise == "domain-z":
+        bank_domain = np.concatenate([train.domain, np.full(len(sm.synthetic), TARGET)])
+        train_scores, normed_test, info.normalisation = domain_z(
+            train_scores, train.domain, bank_domain[train_nn], raw_test, bank_domain[test_nn]
+        )
+    else:
+        train_scores, normed_test, info.normalisation = local_density(
+            x, train.domain, sm, tgt_idx, density_k, train_scores, train_nn, raw_test, test_nn
+        )
+    return train_scores, (normed_test if test_scores is not None else None), info
 
 
 def detect_store(
-    store: Store, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0
-) -> Detection:
+    store: Store, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0,
+    normalise: str = "none", density_k: int = 2,
+) -> Detection:  # fmt: skip
     """Return the anomaly scores of every clip of an embedding store (training clips leave-one-out)."""
     if store.kind != EMBEDDINGS:
         raise AsdError(f"is a {store.kind} store, expected an embedding store", store.path)
@@ -171,13 +384,16 @@ def detect_store(
         raise AsdError(f"SMOTE k must be 1 or more, got {smote_k}")
     if not (smote_ratio >= 0 and np.isfinite(smote_ratio)):
         raise AsdError(f"SMOTE ratio must be 0 or more, got {smote_ratio}")
+    check_normalisation(normalise, density_k)
     out = Detection()
     for machine in store.machines:
         train, test = store.get(machine, "train"), store.get(machine, "test")
         if train is None or not len(train):
             raise AsdError(f"machine type {machine} has no training embeddings", store.path)
         try:
-            train_scores, test_scores, info = detect_machine(train, test, k, smote_ratio, smote_k, seed)
+            train_scores, test_scores, info = detect_machine(
+                train, test, k, smote_ratio, smote_k, seed, normalise, density_k
+            )
         except AsdError as exc:
             raise AsdError(f"{machine}: {exc.problem}", store.path) from None
         info.machine = machine
@@ -194,24 +410,33 @@ def detect_store(
 
 def detect_to_folder(
     embeddings: str | Path, out: str | Path, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0,
-    data_root: str | Path | None = None,
+    data_root: str | Path | None = None, normalise: str = "none", density_k: int = 2,
 ) -> tuple[Store, Detection]:  # fmt: skip
     """Score every clip of an embedding store and write the score folder `out`; return (store, detection).
 
-    With `data_root`, refuse a store built from another clip list than that data root's.
+    With `data_root`, refuse a store built from another clip list than that data root's. A
+    normalisation is recorded in the root attributes of `scores.h5`.
     """
+    import shutil
+    import tempfile
+
+    import h5py
+
     from asdtool import store as stores
+    from asdtool.atomic import replace_dir
     from asdtool.data import dcase
-    from asdtool.scorefolder import check_score_folder, write_score_folder
+    from asdtool.scorefolder import SCORE_STORE, check_score_folder, write_score_folder
 
     embeddings, out = Path(embeddings), Path(out)
     if out.resolve() == embeddings.resolve() or out.resolve() in embeddings.resolve().parents:
         raise AsdError("--out would replace the embedding store or the folder that holds it", out)
+    check_normalisation(normalise, density_k)
     check_score_folder(out)
     emb = stores.read_store(embeddings, EMBEDDINGS)
     if data_root is not None:
         emb.check_clips(stores.clips_sha256(dcase.scan(data_root, emb.machines).clips), data_root)
-    result = detect_store(emb, k=k, smote_ratio=smote_ratio, smote_k=smote_k, seed=seed)
+    result = detect_store(emb, k=k, smote_ratio=smote_ratio, smote_k=smote_k, seed=seed, normalise=normalise,
+                          density_k=density_k)  # fmt: skip
     rows: dict[tuple[str, str, str], dict[str, float]] = {}
     for (machine, split), group in result.scores.items():
         for name, score in zip(group.file_names, group.values.tolist()):
@@ -223,5 +448,29 @@ def detect_to_folder(
     meta = stores.StoreMeta(
         model=emb.meta.model, checkpoint_sha256=emb.meta.checkpoint_sha256, clips_sha256=emb.meta.clips_sha256
     )
-    write_score_folder(out, rows, (meta, result.scores))
+    settings = normalisation_attrs(normalise, density_k)
+    if not settings:  # raw distances: the folder of earlier versions, byte for byte
+        write_score_folder(out, rows, (meta, result.scores))
+        return emb, result
+    # stage the folder beside `out`, record the settings in its scores.h5, then swap it in
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        write_score_folder(stage / out.name, rows, (meta, result.scores))
+        with h5py.File(stage / out.name / SCORE_STORE, "r+") as f:
+            for key, value in settings.items():
+                f.attrs[key] = value
+        replace_dir(stage / out.name, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return emb, result
+
+
+def normalisation_attrs(normalise: str, density_k: int) -> dict[str, str | np.int64]:
+    """Return the root attributes of scores.h5 that record a normalisation ({} for none)."""
+    if normalise == "none":
+        return {}
+    attrs: dict[str, str | np.int64] = {"detect_normalise": normalise}
+    if normalise == "local-density":
+        attrs["detect_density_k"] = np.int64(density_k)
+    return attrs

@@ -49,34 +49,52 @@ def embed_clips(
 
 
 def embed_to_store(
-    model: Path, data_root: Path, out: Path, batch_size: int = 16, device: str = "cpu", amp: bool = True,
+    model: Path | None, data_root: Path, out: Path, batch_size: int = 16, device: str = "cpu", amp: bool = True,
     seconds: float | None = None, name: str | None = None, progress: Callable[[int, int], None] | None = None,
+    frozen: dict | None = None,
 ) -> tuple[dcase.Dataset, dict, str]:  # fmt: skip
-    """Embed every train and test clip of every machine type with a fine-tuned model into the HDF5 store `out`.
+    """Embed every train and test clip of every machine type into the HDF5 store `out`.
 
+    The embedder is a fine-tuned model folder (`model`) or, with `frozen` (the keyword arguments
+    of `asdtool.frozen.load_frozen`), a frozen pre-trained backbone; a frozen model's clips keep
+    the length of the first training clip unless `seconds` is given.
     Returns (dataset, {(machine, split): (clips, embeddings)}, device). `progress(advance, total)` per batch.
     """
     from asdtool import store
     from asdtool.atomic import check_output
-    from asdtool.checkpoint import load_finetuned
 
     check_output(out, folder=False)
     dataset = dcase.scan(data_root)
-    trained = load_finetuned(model, device)
-    seconds = seconds if seconds is not None else trained.config.seconds
-    dev = next(trained.model.parameters()).device
+    if frozen is not None:
+        from asdtool.data.audio import check_audio
+        from asdtool.frozen import load_frozen
+
+        embedder, fingerprint = load_frozen(device=device, **frozen)
+        if seconds is None:
+            first = (dataset.select(split="train") or dataset.clips)[0].path
+            info = check_audio(first)
+            seconds = info.frames / info.samplerate
+        default_name = f"frozen-{frozen['backbone']}"
+    else:
+        from asdtool.checkpoint import load_finetuned
+
+        trained = load_finetuned(model, device)
+        embedder, fingerprint = trained.model, trained.checkpoint_sha256
+        seconds = seconds if seconds is not None else trained.config.seconds
+        default_name = Path(model).name
+    dev = next(embedder.parameters()).device
     total = len(dataset.clips)
     groups = {}
     for machine in dataset.machines:
         for split in dcase.SPLITS:
             clips = dataset.select(machine, split)
             if clips:
-                emb = embed_clips(trained.model, clips, seconds, batch_size, dev, amp,
+                emb = embed_clips(embedder, clips, seconds, batch_size, dev, amp,
                                   (lambda n: progress(n, total)) if progress else None)  # fmt: skip
                 groups[(machine, split)] = (clips, emb)
     meta = store.StoreMeta(
-        model=name or Path(model).name,
-        checkpoint_sha256=trained.checkpoint_sha256,
+        model=name or default_name,
+        checkpoint_sha256=fingerprint,
         clips_sha256=store.clips_sha256(dataset.clips),
     )
     store.write_embeddings(out, meta, groups)

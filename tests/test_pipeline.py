@@ -42,6 +42,7 @@ def reduced_params() -> dict:
     for p in params["pseudolabel"].values():
         p["clusters"] = ["gearbox=2", "slider=2", "ToyTrain=2"]
     params["ensemble"]["search7"]["step"] = 0.5
+    params["baseline"]["epochs"] = 2
     return params
 
 
@@ -61,12 +62,12 @@ def project(tmp_path_factory) -> Path:
 
 
 ALL_STAGES = {
-    "synth", "baseline", "report",
+    "synth", "report", *(f"baseline@{m}" for m in ("logmel", "logmel-meanstd", "autoencoder")),
     *(f"finetune@{m}" for m in ("beats-full", "beats-lora", "eat-full", "eat-lora", "dual")),
     "finetune-pse@beats-pse", "finetune-pse@eat-pse", "pseudolabel@beats", "pseudolabel@eat",
     *(f"{s}@{m}" for s in ("embed", "detect") for m in ("beats-full", "beats-lora", "beats-pse", "eat-full", "eat-lora", "eat-pse", "dual")),
     *(f"ensemble-{s}" for s in ("system1", "system2", "system3", "system4", "search3", "search7")),
-    *(f"evaluate@{n}" for n in ("logmel", "beats-full", "beats-lora", "beats-pse", "eat-full", "eat-lora", "eat-pse",
+    *(f"evaluate@{n}" for n in ("logmel", "logmel-meanstd", "autoencoder", "beats-full", "beats-lora", "beats-pse", "eat-full", "eat-lora", "eat-pse",
                                "dual", "system1", "system2", "system3", "system4", "search3", "search7")),
 }  # fmt: skip
 
@@ -79,7 +80,7 @@ def test_first_run_runs_every_stage_and_writes_the_tables(project):
         assert 0.0 <= m["official_score"] <= 1.0 and len(m["machines"]) == 7
     weights = json.loads((project / "metrics" / "search7_weights.json").read_text())
     assert len(weights["best"]["weights"]) == 7 and abs(sum(weights["best"]["weights"]) - 1) < 1e-9
-    assert (project / "reports" / "single_models.md").read_text().count("\n| ") == 1 + 8  # header, logmel + 7 models
+    assert (project / "reports" / "single_models.md").read_text().count("\n| ") == 1 + 10  # header, 3 references + 7 models
     assert "| hmean | hmean |" in (project / "reports" / "systems.md").read_text()
     assert sorted(p.name for p in (project / "plots" / "umap" / "beats").iterdir())[0].endswith(".png")
     assert (project / "plots" / "roc" / "dual" / "roc_fan.csv").read_text().startswith("fpr,tpr\n")

@@ -1,4 +1,4 @@
-"""`asdtool embed`: embed every train and test clip with a fine-tuned model into an HDF5 store."""
+"""`asdtool embed`: embed every train and test clip with a fine-tuned model or a frozen backbone into an HDF5 store."""
 
 from __future__ import annotations
 
@@ -19,9 +19,14 @@ def run(cfg: EmbedConfig) -> None:
         console=Console(stderr=True), transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("embed", total=None, rate=0.0)
+        frozen = None
+        if cfg.backbone is not None:
+            frozen = {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "size": cfg.size, "layer": cfg.layer,
+                      "pooling": cfg.pooling, "seed": cfg.seed}  # fmt: skip
         dataset, groups, dev = embed_to_store(
             cfg.model, cfg.data_root, cfg.out, cfg.batch_size, cfg.device, cfg.amp, cfg.seconds, cfg.name,
             progress=lambda n, total: bar.update(task, advance=n, total=total, rate=bar.tasks[0].speed or 0.0),
+            frozen=frozen,
         )  # fmt: skip
         rate = bar.tasks[0].finished_speed or bar.tasks[0].speed or 0.0
     table = Table(title=f"embed -> {cfg.out}", title_justify="left")

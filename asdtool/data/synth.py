@@ -719,3 +719,30 @@ def synthesize(
 
 # --------------------------------------------------------------------------------------------------
 # Reference detector
+
+
+# --------------------------------------------------------------------------------------------------
+# Public signal primitives and dev constants, for other generators (asdtool.data.corpus).
+# Plain aliases of the functions above: the dev set's clips stay byte-identical.
+
+freqs = _freqs
+shaped_noise = _shaped_noise
+band = _band
+tilt = _tilt
+bump = _bump
+apply_filter = _filter
+speed = _speed
+phase = _phase
+harmonics = _harmonics
+vary = _vary
+pulse_times = _pulse_times
+ring = _ring
+bursts = _bursts
+gate = _gate
+gate_edges = _gate_edges
+soft_limit = _limit
+NYQUIST_GUARD = _NYQUIST_GUARD
+
+# the dev machines' fixed signatures, which a generator of other sounds must stay away from
+FAN_MODELS = _FAN_MODELS  # fan model -> (blade count, rotation Hz, flow-noise centre Hz)
+GEARBOX_TEETH = _GEARBOX_TEETH

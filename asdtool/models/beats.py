@@ -192,7 +192,7 @@ class MultiheadAttention(nn.Module):
             self.grep_linear = nn.Linear(self.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
 
-    def forward(self, x, position_bias=None):  # (B, T, C), (H, T, T) -> (B, T, C)
+    def forward(self, x, position_bias=None):  # (B, T, C), (H, T, T) or (B, H, T, T) -> (B, T, C)
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
@@ -200,7 +200,8 @@ class MultiheadAttention(nn.Module):
 
         bias = None
         if position_bias is not None:
-            bias = position_bias.unsqueeze(0)  # (1, H, T, T)
+            # (1, H, T, T) shared by the batch, or (B, H, T, T) when each clip keeps other patches
+            bias = position_bias if position_bias.dim() == 4 else position_bias.unsqueeze(0)
             if self.gru_rel_pos:
                 # per-query gate in (1, 1 + grep_a); computed from the unscaled query
                 gate = torch.sigmoid(self.grep_linear(q).view(B, self.num_heads, T, 2, 4).sum(-1))
@@ -283,20 +284,40 @@ class TransformerEncoder(nn.Module):
         self.layerdrop = cfg.encoder_layerdrop
         self.grad_decay = cfg.layer_wise_gradient_decay_ratio
 
-    def position_bias(self, length: int) -> torch.Tensor | None:
-        """Return the (H, T, T) relative position bias shared by all layers, or None."""
+    def position_bias(self, length: int, keep: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Return the relative position bias shared by all layers, or None.
+
+        (H, T, T) for a whole sequence of `length`; with `keep` (B, K), indices of the patches each
+        clip keeps, (B, H, K, K) between those patches at their distances in the whole sequence.
+        """
         if not self.layers or not hasattr(self.layers[0].self_attn, "relative_attention_bias"):
             return None
         table = self.layers[0].self_attn.relative_attention_bias
-        buckets = relative_position_buckets(length, self.num_buckets, self.max_distance)
-        return table(buckets.to(table.weight.device)).permute(2, 0, 1)  # (H, T, T)
+        buckets = relative_position_buckets(length, self.num_buckets, self.max_distance).to(table.weight.device)
+        if keep is None:
+            return table(buckets).permute(2, 0, 1)  # (H, T, T)
+        buckets = buckets[keep[:, :, None], keep[:, None, :]]  # (B, K, K)
+        return table(buckets).permute(0, 3, 1, 2)  # (B, H, K, K)
 
-    def forward(self, x):  # (B, T, C) -> (B, T, C)
-        x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+    def forward(self, x, keep: torch.Tensor | None = None):  # (B, T, C) -> (B, T, C), or (B, K, C) with keep
+        """Return the encoded sequence; with `keep` (B, K) only the kept positions, each at its true place.
+
+        With `keep` (masked pre-training), the dropped positions are zeroed before the convolutional
+        position embedding, so a kept patch sees its kept neighbours at their true offsets and
+        nothing of the dropped ones; the layers then attend among the kept patches only, with the
+        relative position bias of their distances in the whole sequence.
+        """
+        length = x.shape[1]
+        if keep is None:
+            x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        else:
+            kept = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device).scatter_(1, keep, 1.0)
+            x = x + self.pos_conv((x * kept.unsqueeze(-1)).transpose(1, 2)).transpose(1, 2)
+            x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, K, C)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
-        position_bias = self.position_bias(x.shape[1])
+        position_bias = self.position_bias(length, keep)
         for layer in self.layers:
             if self.grad_decay != 1.0 and torch.is_grad_enabled():
                 x = _GradMultiply.apply(x, self.grad_decay)
@@ -307,6 +328,24 @@ class TransformerEncoder(nn.Module):
         if self.layer_norm_first:
             x = self.layer_norm(x)
         return x
+
+
+@torch.no_grad()
+def init_encoder_weights(encoder: TransformerEncoder, cfg: BEATsConfig) -> None:
+    """Initialise `encoder` as the official code does: BERT-style normal(0.02), then deep-norm scaling."""
+    for module in encoder.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, 0.02)
+        if isinstance(module, nn.Linear):
+            module.bias.zero_()
+    if cfg.deep_norm:
+        beta = (8 * cfg.encoder_layers) ** -0.25
+        for layer in encoder.layers:
+            attn = layer.self_attn
+            nn.init.xavier_normal_(attn.k_proj.weight, gain=1.0)
+            nn.init.xavier_normal_(attn.q_proj.weight, gain=1.0)
+            for weight in (attn.v_proj.weight, attn.out_proj.weight, layer.fc1.weight, layer.fc2.weight):
+                nn.init.xavier_normal_(weight, gain=beta)
 
 
 class BEATs(nn.Module):
@@ -326,24 +365,7 @@ class BEATs(nn.Module):
         )
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.encoder = TransformerEncoder(cfg)
-        self._init_encoder_weights()
-
-    @torch.no_grad()
-    def _init_encoder_weights(self):
-        """Initialise as the official code does: BERT-style normal(0.02), then deep-norm scaling."""
-        for module in self.encoder.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                module.weight.normal_(0.0, 0.02)
-            if isinstance(module, nn.Linear):
-                module.bias.zero_()
-        if self.cfg.deep_norm:
-            beta = (8 * self.cfg.encoder_layers) ** -0.25
-            for layer in self.encoder.layers:
-                attn = layer.self_attn
-                nn.init.xavier_normal_(attn.k_proj.weight, gain=1.0)
-                nn.init.xavier_normal_(attn.q_proj.weight, gain=1.0)
-                for weight in (attn.v_proj.weight, attn.out_proj.weight, layer.fc1.weight, layer.fc2.weight):
-                    nn.init.xavier_normal_(weight, gain=beta)
+        init_encoder_weights(self.encoder, cfg)
 
     def set_sdpa(self, enabled: bool) -> BEATs:
         """Return self after switching every layer to scaled_dot_product_attention or the math path."""
@@ -364,8 +386,8 @@ class BEATs(nn.Module):
         ]  # fmt: skip
         return (torch.stack(fbanks) - FBANK_MEAN) / (2 * FBANK_STD)  # (B, F, 128)
 
-    def encode(self, fbank: torch.Tensor) -> torch.Tensor:
-        """Return tokens (B, N, D) of fbanks (B, F, 128); N = (F // 16) * 8, time-major."""
+    def embed_patches(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Return patch embeddings (B, N, D) of fbanks (B, F, 128), the encoder's input; time-major."""
         if fbank.shape[1] < self.cfg.input_patch_size:
             raise AsdError(
                 f"clip too short for BEATs: {fbank.shape[1]} fbank frames, at least "
@@ -376,7 +398,19 @@ class BEATs(nn.Module):
         x = self.layer_norm(x)
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)  # (B, N, D)
-        return self.encoder(self.dropout_input(x))  # (B, N, D)
+        return self.dropout_input(x)
+
+    def encode(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Return tokens (B, N, D) of fbanks (B, F, 128); N = (F // 16) * 8, time-major."""
+        return self.encoder(self.embed_patches(fbank))  # (B, N, D)
+
+    def encode_unmasked(self, fbank: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Return tokens (B, K, D) of only the patches `keep` (B, K) indexes, as masked pre-training feeds them.
+
+        The encoder sees the unmasked patches only (BEATs section 3.3, as in MAE); each keeps its
+        place in the whole sequence for both position encodings (`TransformerEncoder.forward`).
+        """
+        return self.encoder(self.embed_patches(fbank), keep=keep)  # (B, K, D)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """Return tokens (B, N, D) of 16 kHz waves (B, T)."""

@@ -7,6 +7,8 @@ two official checkpoint layouts: the fairseq pre-training checkpoint (`EAT-base_
 and the Hugging Face port (`worstchan/EAT-base_epoch30_pretrain`: config.json + model.safetensors).
 Fairseq files are read by `asdtool.models.read_checkpoint`, which turns their pickled OmegaConf
 config into plain dicts without omegaconf or fairseq and refuses any other pickled class.
+`to_fairseq` writes that layout back, optionally with the pre-training decoder and EMA teacher that
+`asdtool.pretrain.eat` trains.
 """
 
 from __future__ import annotations
@@ -116,8 +118,17 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the block output for x (B, N, D), same shape."""
+        return self.forward_with_ffn(x)[0]
+
+    def forward_with_ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (block output, FFN output before its residual sum), both (B, N, D).
+
+        The FFN output is data2vec 2.0's per-layer target (`AltBlock` with ffn_targets, i.e.
+        end_of_block_targets=False), which EAT's teacher averages into the frame targets.
+        """
         x = self.norm1(x + self.attn(x))
-        return self.norm2(x + self.mlp(x))
+        ffn = self.mlp(x)
+        return self.norm2(x + ffn), ffn
 
 
 class EAT(nn.Module):
@@ -184,6 +195,14 @@ class EAT(nn.Module):
 
     def encode(self, fbank: torch.Tensor) -> torch.Tensor:
         """Return tokens (B, 1 + patches, D), CLS first, for a normalised fbank (B, frames, n_mels)."""
+        return self.encode_tokens(self.patch_tokens(fbank))
+
+    def patch_tokens(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Return the embedded patches plus positions (B, patches, D), time-major, for a normalised fbank.
+
+        Patch t * (n_mels/patch_size) + f is time patch t, frequency patch f. A subset of these rows
+        (the visible patches of a mask) may go to `encode_tokens`, as the pre-training student does.
+        """
         B, frames, mels = fbank.shape
         p = self.cfg.patch_size
         if mels != self.cfg.n_mels or frames % p or frames == 0:
@@ -198,11 +217,22 @@ class EAT(nn.Module):
             )
         x = self.patch_embed(fbank.unsqueeze(1))  # (B, D, frames/p, n_mels/p)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D), time-major: patch t * n_mels/p + f
-        x = x + self.pos_embed[:, : x.shape[1]]
-        x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + N, D); the CLS has no position
+        return x + self.pos_embed[:, : x.shape[1]]
+
+    def encode_tokens(self, x: torch.Tensor, ffn_outputs: list | None = None) -> torch.Tensor:
+        """Return tokens (B, 1 + K, D), CLS first, for K patch tokens (B, K, D) from `patch_tokens`.
+
+        When `ffn_outputs` is a list, each block's FFN output (B, 1 + K, D) is appended to it
+        (the data2vec 2.0 layer results the pre-training teacher turns into targets).
+        """
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + K, D); the CLS has no position
         x = self.embed_norm(x)
         for block in self.blocks:
-            x = block(x)
+            if ffn_outputs is None:
+                x = block(x)
+            else:
+                x, ffn = block.forward_with_ffn(x)
+                ffn_outputs.append(ffn)
         return x
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -447,8 +477,26 @@ def _export(model: EAT, table: dict[str, str]) -> dict[str, torch.Tensor]:
     return {_rename(k, inverse): v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def to_fairseq(model: EAT) -> dict:
-    """Return the model as an official fairseq checkpoint {"cfg": {"model": ...}, "model": state dict}."""
+# Where the official pre-training checkpoints keep the parts only pre-training uses.
+FAIRSEQ_DECODER = "modality_encoders.IMAGE.decoder."  # data2vec 2.0's `Decoder2d`: blocks.{i}.0.*, proj.*
+FAIRSEQ_EMA = "_ema"  # the EMA teacher: {key: fp32 tensor} in the encoder's own fairseq names
+
+
+def to_fairseq(
+    model: EAT,
+    decoder: dict[str, torch.Tensor] | None = None,
+    ema: EAT | None = None,
+    pretraining_cfg: dict | None = None,
+) -> dict:
+    """Return the model as an official fairseq checkpoint {"cfg": {"model": ...}, "model": state dict}.
+
+    The optional pre-training parts go where the official pre-training checkpoints keep them:
+    `decoder` (a state dict in data2vec 2.0's `Decoder2d` names, `blocks.{i}.0.weight`,
+    `proj.weight`, ...) under `modality_encoders.IMAGE.decoder.`, the EMA teacher `ema` as a dict
+    under `_ema`, and `pretraining_cfg` (objective fields of cfg['model'], with an optional
+    `modalities.image` part) merged into the config; the architecture fields of `model` win.
+    `load` reads the encoder alone and drops the rest.
+    """
     c = model.cfg
     image = {
         "type": "IMAGE",
@@ -471,7 +519,18 @@ def to_fairseq(model: EAT) -> dict:
         "supported_modality": "IMAGE",
         "modalities": {"image": image},
     }
-    return {"cfg": {"model": cfg}, "model": _export(model, FAIRSEQ_KEYS)}
+    state = _export(model, FAIRSEQ_KEYS)
+    if pretraining_cfg:
+        extra = dict(pretraining_cfg)
+        image_extra = dict((extra.pop("modalities", None) or {}).get("image") or {})
+        cfg = {**extra, **cfg, "modalities": {"image": {**image_extra, **image}}}
+    if decoder is not None:
+        state.update({FAIRSEQ_DECODER + k: v.detach().cpu().contiguous() for k, v in decoder.items()})
+    if ema is not None:
+        if ema.cfg != dataclasses.replace(c, sdpa=ema.cfg.sdpa):
+            raise AsdError("the EMA teacher's architecture differs from the exported encoder's")
+        state[FAIRSEQ_EMA] = {k: v.float() for k, v in _export(ema, FAIRSEQ_KEYS).items()}
+    return {"cfg": {"model": cfg}, "model": state}
 
 
 def to_hf(model: EAT, folder: str | Path) -> Path:

@@ -1,0 +1,71 @@
+"""`asdtool pretrain`: self-supervised pre-training of BEATs or EAT on unlabeled audio."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from asdtool.config import PretrainConfig
+
+UNFINISHED = 3  # exit code of a run stopped by --max-minutes: resumable, not failed
+_saved = {"step": 0}
+
+
+def interrupted(cfg: PretrainConfig) -> str:
+    """Return what an interrupted run kept and how to continue it."""
+    if not _saved["step"]:
+        return (f"interrupted before the first checkpoint (every {cfg.checkpoint_every} steps); nothing usable was kept "
+                f"in {cfg.out}")  # fmt: skip
+    return (f"interrupted; {cfg.out}/resume.pt holds step {_saved['step']} of {cfg.steps}: run the same command "
+            "with --resume to continue")  # fmt: skip
+
+
+def run(cfg: PretrainConfig) -> None:
+    """Pre-train a backbone and write it in its official checkpoint format.
+
+    Exit code 3 when --max-minutes stopped the run before its last step (resume it with --resume).
+    """
+    from asdtool.pretrain.loop import BACKBONE, pretrain
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn(f"[bold]pretrain {cfg.backbone}-{cfg.size}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=not main,
+    )  # fmt: skip
+    task = bar.add_task("pretrain", total=cfg.steps, loss=float("nan"), lr=0.0, rate=0.0)
+
+    def on_step(row: dict) -> None:
+        _saved["step"] = row["saved"]
+        if not bar.live.is_started:  # the bar appears with the first step, after all input checks
+            bar.start()
+        bar.update(task, completed=row["step"], loss=row["loss"], lr=row["lr"], rate=row["clips_per_s"])
+
+    try:
+        result = pretrain(cfg, on_step=on_step)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    if not main:
+        return
+    table = Table(title=f"pretrain -> {cfg.out}", title_justify="left", show_header=False)
+    for key, value in [
+        ("backbone", f"{cfg.backbone}-{cfg.size} ({'from ' + cfg.checkpoint if cfg.checkpoint else 'random init'})"),
+        ("corpus", f"{result.clips} clips ({result.skipped} test or anomalous clips left out)"),
+        ("parameters", f"{result.total_params / 1e6:.2f}M"),
+        ("steps", f"{result.steps} of {result.total_steps}"),
+        ("final loss", f"{result.loss:.4f}"),
+        ("wall time", f"{result.wall_seconds:.1f} s"),
+        ("checkpoint", str(cfg.out / BACKBONE) if result.complete else "not yet (unfinished)"),
+    ]:
+        table.add_row(key, value)
+    Console().print(table)
+    if not result.complete:
+        console.print(f"[yellow]stopped by --max-minutes at step {result.steps} of {result.total_steps}; "
+                      f"run the same command with --resume to continue[/]", highlight=False)  # fmt: skip
+        raise typer.Exit(UNFINISHED)
