@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 
 from asdtool import __version__
-from asdtool.atomic import atomic_path
+from asdtool.atomic import current_umask
 from asdtool.config import FinetuneConfig, fields
 from asdtool.errors import AsdError
 
@@ -172,11 +175,19 @@ def save_checkpoint(out: Path, model, cfg: FinetuneConfig, class_map: dict[str, 
 def save_torch(payload: object, path: str | Path) -> None:
     """torch.save `payload` to `path` atomically, with the same bytes for the same payload.
 
-    Saved through a file object: given a path, torch names the archive's root folder after the
-    file, and the temporary file's random name would make every write differ.
+    torch names the archive's root folder after the file it writes, so the file is written under
+    its own name inside a temporary folder beside `path` (a temporary file name would make every
+    write differ), then renamed onto `path`.
     """
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        torch.save(payload, folder / path.name)
+        os.chmod(folder / path.name, 0o666 & ~current_umask())
+        os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_checkpoint(path: str | Path) -> dict:

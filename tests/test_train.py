@@ -167,8 +167,8 @@ def test_resume_refuses_changed_options(data, tmp_path):
 
 
 def test_crash_while_saving_leaves_no_checkpoint(data, tmp_path, monkeypatch):
-    def broken_save(obj, f, *a, **k):
-        f.write(b"half")
+    def broken_save(obj, path, *a, **k):
+        Path(path).write_bytes(b"half")
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", broken_save)
