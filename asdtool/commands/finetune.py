@@ -11,15 +11,21 @@ from rich.table import Table
 
 from asdtool.config import FinetuneConfig
 
-_saved = {"step": 0}  # the last checkpoint on disk, for the message of an interrupted run
 
 
 def interrupted(cfg: FinetuneConfig) -> str:
-    """Return what an interrupted run kept and how to continue it."""
-    if not _saved["step"]:
+    """Return what an interrupted run kept and how to continue it (read from the checkpoint on disk)."""
+    from asdtool.checkpoint import read_checkpoint
+    from asdtool.errors import AsdError
+
+    try:
+        step = int(read_checkpoint(cfg.out)["step"])
+    except (AsdError, KeyError, ValueError):
+        step = 0
+    if not step:
         return (f"interrupted before the first checkpoint (every {cfg.checkpoint_every} steps); nothing usable was kept "
                 f"in {cfg.out}")  # fmt: skip
-    return (f"interrupted; {cfg.out}/checkpoint.pt holds step {_saved['step']} of {cfg.steps}: run the same command "
+    return (f"interrupted; {cfg.out}/checkpoint.pt holds step {step} of {cfg.steps}: run the same command "
             "with --resume to continue")  # fmt: skip
 
 
@@ -39,15 +45,16 @@ def run(cfg: FinetuneConfig) -> None:
             TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  lr {task.fields[lr]:.2e}"),
             TextColumn("{task.fields[rate]:.2f} steps/s"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, transient=True, disable=not main,
+            auto_refresh=False,  # no refresh thread: a Ctrl-C can then never leave one waiting on a lock
         )  # fmt: skip
         task = bar.add_task("train", total=cfg.steps, loss=float("nan"), acc=float("nan"), lr=0.0, rate=0.0)
 
         def on_step(row: dict) -> None:
-            _saved["step"] = row["saved"]
             if not bar.live.is_started:  # the bar appears with the first step, after all input checks
                 bar.start()
             bar.update(task, completed=row["step"], loss=row["loss"], acc=row["accuracy"], lr=row["lr"],
                        rate=bar.tasks[0].speed or 0.0)  # fmt: skip
+            bar.refresh()
 
         try:
             result = finetune(cfg, on_step=on_step)

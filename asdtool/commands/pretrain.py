@@ -12,15 +12,21 @@ from rich.table import Table
 from asdtool.config import PretrainConfig
 
 UNFINISHED = 3  # exit code of a run stopped by --max-minutes: resumable, not failed
-_saved = {"step": 0}
 
 
 def interrupted(cfg: PretrainConfig) -> str:
-    """Return what an interrupted run kept and how to continue it."""
-    if not _saved["step"]:
+    """Return what an interrupted run kept and how to continue it (read from the resume state on disk)."""
+    from asdtool.errors import AsdError
+    from asdtool.pretrain.loop import RESUME, read_state
+
+    try:
+        step = int(read_state(cfg.out / RESUME)["step"])
+    except (AsdError, KeyError, ValueError):
+        step = 0
+    if not step:
         return (f"interrupted before the first checkpoint (every {cfg.checkpoint_every} steps); nothing usable was kept "
                 f"in {cfg.out}")  # fmt: skip
-    return (f"interrupted; {cfg.out}/resume.pt holds step {_saved['step']} of {cfg.steps}: run the same command "
+    return (f"interrupted; {cfg.out}/{RESUME} holds step {step} of {cfg.steps}: run the same command "
             "with --resume to continue")  # fmt: skip
 
 
@@ -37,14 +43,15 @@ def run(cfg: PretrainConfig) -> None:
         TextColumn(f"[bold]pretrain {cfg.backbone}-{cfg.size}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=not main,
+        auto_refresh=False,  # no refresh thread: a Ctrl-C can then never leave one waiting on a lock
     )  # fmt: skip
     task = bar.add_task("pretrain", total=cfg.steps, loss=float("nan"), lr=0.0, rate=0.0)
 
     def on_step(row: dict) -> None:
-        _saved["step"] = row["saved"]
         if not bar.live.is_started:  # the bar appears with the first step, after all input checks
             bar.start()
         bar.update(task, completed=row["step"], loss=row["loss"], lr=row["lr"], rate=row["clips_per_s"])
+        bar.refresh()
 
     try:
         result = pretrain(cfg, on_step=on_step)
