@@ -133,7 +133,10 @@ def test_interrupted_finetune_says_what_was_kept(data, tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "asdtool", "finetune", "--data-root", str(data), "--out", str(out), "--steps", "100000",
            "--batch-size", "2", "--seconds", "0.5", "--checkpoint-every", "1", "--warmup", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored:
+    # give the child the default disposition, as a terminal's Ctrl-C would find it
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 240
     while not (out / "train_log.csv").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
