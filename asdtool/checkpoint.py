@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from asdtool import __version__
-from asdtool.atomic import current_umask
+from asdtool.atomic import atomic_path, current_umask
 from asdtool.config import FinetuneConfig, fields
 from asdtool.errors import AsdError
 
@@ -188,6 +188,27 @@ def save_torch(payload: object, path: str | Path) -> None:
         os.replace(folder / path.name, path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_train_log(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
+    """Write a train_log.csv (one row per logged step) atomically."""
+    import csv
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def read_train_log(path: Path, upto: int) -> list[dict]:
+    """Return the rows of a train_log.csv up to step `upto` (a resumed run continues them)."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
 
 
 def read_checkpoint(path: str | Path) -> dict:

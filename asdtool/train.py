@@ -17,7 +17,6 @@ takes its share of every micro-batch and rank 0 writes the files.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import time
 from dataclasses import dataclass
@@ -28,10 +27,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from asdtool.atomic import atomic_path, check_output, write_json
+from asdtool.atomic import check_output, write_json
 from asdtool.checkpoint import (
-    CHECKPOINT, build_model, config_dict, load_weights, pretrained_hashes, read_checkpoint, save_checkpoint,
-    set_rng_state,
+    CHECKPOINT, build_model, config_dict, load_weights, pretrained_hashes, read_checkpoint, read_train_log,
+    save_checkpoint, set_rng_state, write_train_log,
 )  # fmt: skip
 from asdtool.config import FinetuneConfig, fields
 from asdtool.data import dcase
@@ -61,21 +60,6 @@ class TrainResult:
 def _is_model_file(name: str) -> bool:
     """Return whether a model folder entry is ours (the files above, or a temporary one of them)."""
     return name in MODEL_FILES or any(name.startswith(f".{f}.") and name.endswith(".tmp") for f in MODEL_FILES)
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", "loss", "accuracy", "lr"], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-def _read_log(path: Path, upto: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
 
 
 def _check_resumable(saved: dict, cfg: FinetuneConfig, tset: TrainingSet, pretrained: dict, out: Path) -> None:
@@ -113,7 +97,7 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
         saved = read_checkpoint(out)
         _check_resumable(saved, cfg, tset, pretrained, out)
         start = int(saved["step"])
-        log_rows = _read_log(out / TRAIN_LOG, start)
+        log_rows = read_train_log(out / TRAIN_LOG, start)
     elif (out / CHECKPOINT).exists():
         raise AsdError("already holds a checkpoint; pass --resume to continue it or choose another --out", out)
 
@@ -140,7 +124,7 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
 
     def save(step: int, complete: bool) -> None:
         save_checkpoint(out, model, cfg, tset.class_map, optimizer, scheduler, step, complete, pretrained)
-        _write_log(out / TRAIN_LOG, log_rows)
+        write_train_log(out / TRAIN_LOG, log_rows, ["step", "loss", "accuracy", "lr"])
 
     sampler = StepBatches(len(tset.clips), cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.seed, start, d.rank, d.world)
     loader = torch.utils.data.DataLoader(

@@ -18,7 +18,6 @@ process takes its share of every micro-batch (DistributedDataParallel); rank 0 w
 from __future__ import annotations
 
 import contextlib
-import csv
 import importlib
 import math
 import time
@@ -31,8 +30,10 @@ import torch.distributed as dist
 from torch import nn
 
 from asdtool import __version__
-from asdtool.atomic import atomic_path, check_output, write_json
-from asdtool.checkpoint import config_dict, path_sha256, rng_state, save_torch, set_rng_state
+from asdtool.atomic import check_output, write_json
+from asdtool.checkpoint import (
+    config_dict, path_sha256, read_train_log, rng_state, save_torch, set_rng_state, write_train_log,
+)
 from asdtool.config import PretrainConfig, fields
 from asdtool.distributed import init_distributed, resolve_device
 from asdtool.errors import AsdError
@@ -77,20 +78,9 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.max_lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
-    names = list(dict.fromkeys(k for r in rows for k in r)) or ["step", "loss", "lr"]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=names, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-def _read_log(path: Path, upto: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+def _log_fields(rows: list[dict]) -> list[str]:
+    """The columns of train_log.csv: step, loss, the objective's own figures, lr."""
+    return list(dict.fromkeys(k for r in rows for k in r)) or ["step", "loss", "lr"]
 
 
 def read_state(path: Path) -> dict:
@@ -159,7 +149,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
         state = read_state(out / RESUME)
         _check_resumable(state, cfg, corpus_sha, init_sha, out / RESUME)
         start = int(state["step"])
-        log_rows = _read_log(out / TRAIN_LOG, start)
+        log_rows = read_train_log(out / TRAIN_LOG, start)
     elif (out / BACKBONE).exists() or (out / RESUME).exists():
         raise AsdError("already holds a pre-training run; pass --resume to continue it or choose another --out", out)
 
@@ -212,7 +202,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
             "scheduler": scheduler.state_dict(), "mask_generators": generators, "rng": rng_state(),
         }  # fmt: skip
         save_torch(payload, out / RESUME)
-        _write_log(out / TRAIN_LOG, log_rows)
+        write_train_log(out / TRAIN_LOG, log_rows, _log_fields(log_rows))
 
     sampler = CropBatches(len(corpus.files), cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.seed, start, d.rank, d.world)
     loader = torch.utils.data.DataLoader(
@@ -274,7 +264,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
     result = PretrainResult(out, step, cfg.steps, loss_v, len(corpus.files), corpus.skipped, total, trainable, wall)
     if d.main and result.complete:
         save_torch(module.export(objective), out / BACKBONE)
-        _write_log(out / TRAIN_LOG, log_rows)
+        write_train_log(out / TRAIN_LOG, log_rows, _log_fields(log_rows))
         write_json(out / SUMMARY, {
             "backbone": cfg.backbone, "size": cfg.size, "init": cfg.checkpoint or "random",
             "clips": len(corpus.files), "skipped_test_or_anomalous": corpus.skipped, "steps": cfg.steps,
