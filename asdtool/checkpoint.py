@@ -85,7 +85,7 @@ def build_model(cfg: FinetuneConfig, n_classes: int) -> nn.Module:
     torch.manual_seed(cfg.seed)  # random-init backbones and heads are a function of the seed
     spec = {"max_time_mask": cfg.specaug_mask, "max_freq_mask": cfg.specaug_mask} if cfg.specaug_mask > 0 else False
     head = dict(hidden_dim=cfg.hidden_dim, emb_dim=cfg.emb_dim, arcface_scale=cfg.arcface_scale,
-                arcface_margin=cfg.arcface_margin, spec_augment=spec)  # fmt: skip
+                arcface_margin=cfg.arcface_margin, spec_augment=spec, head_input=cfg.head_input)  # fmt: skip
     if cfg.backbone == "dual":
         head["branch_weights"] = tuple(cfg.branch_weights)
     else:

@@ -38,9 +38,8 @@ class FrozenEmbedder(nn.Module):
         if pooling not in POOLINGS:
             raise AsdError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         self.backbone, self.name, self.layer, self.pooling = backbone.eval().requires_grad_(False), name, layer, pooling
-        self.extra_tokens = 1 if name == "eat" else 0  # EAT's CLS token leads the sequence
-        # patches per time step (both backbones are time-major: patch t * bands + f)
-        self.bands = backbone.freq_patches if name == "eat" else 128 // backbone.cfg.input_patch_size
+        self.extra_tokens = backbone.prefix_tokens  # EAT's CLS token leads the sequence
+        self.bands = backbone.freq_patches  # patches per time step (both are time-major: patch t * bands + f)
 
     @property
     def embedding_dim(self) -> int:

@@ -86,6 +86,8 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
     cfg.validate()
     out = Path(cfg.out)
     check_output(out, folder=True, ours=_is_model_file)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     d = init_distributed(cfg.device)
     device = resolve_device(cfg.device, d)
     dataset = dcase.scan(cfg.data_root)

@@ -198,3 +198,42 @@ def test_forward_with_labels_is_the_loss(name):
     torch.testing.assert_close(loss, expected_loss)
     torch.testing.assert_close(logits, expected_logits)
     assert model(wave).shape == (3, 8)
+
+
+@pytest.mark.parametrize("name", ["beats", "eat"])
+def test_frame_tokens_put_each_time_steps_patches_side_by_side(name):
+    from asdtool.models.classifier import frame_tokens
+
+    backbone = _build(name).backbone
+    bands, prefix, D = backbone.freq_patches, backbone.prefix_tokens, backbone.embed_dim
+    assert bands == 8 and prefix == (1 if name == "eat" else 0)
+    tokens = torch.arange(2 * (prefix + 3 * bands) * D, dtype=torch.float32).reshape(2, prefix + 3 * bands, D)
+    frames = frame_tokens(tokens, backbone)
+    assert frames.shape == (2, 3, bands * D)
+    # frame t holds patches t*F .. t*F+F-1 (time-major), in frequency order, the prefix (CLS) dropped
+    torch.testing.assert_close(frames[1, 2, D:2 * D], tokens[1, prefix + 2 * bands + 1], rtol=0, atol=0)
+    with pytest.raises(AsdError, match="do not make whole frames of 8 frequency patches"):
+        frame_tokens(tokens[:, :-1], backbone)
+
+
+@pytest.mark.parametrize("name", ["beats", "eat", "dual"])
+def test_frames_head_input_pools_frame_embeddings_and_rebuilds(name):
+    model = _build(name, seed=2, head_input="frames")
+    branches = [model.beats, model.eat] if name == "dual" else [model.branch]
+    for branch in branches:
+        b = branch.backbone
+        assert branch.head.pool.channels == b.embed_dim * b.freq_patches  # F*D-wide frames
+    wave = _wave()
+    emb = model.embed(wave)
+    assert emb.shape == (3, 8)
+    patches = _build(name, seed=2)
+    assert not torch.allclose(patches.embed(wave), emb)  # a different head input, a different embedding
+    loss, _ = model.loss(_wave(4), torch.tensor([0, 1, 2, 3]))
+    loss.backward()  # trains end to end
+    torch.manual_seed(2)
+    twin = build_classifier(**model.build_args)
+    assert twin.build_args["head_input"] == "frames"
+    twin.load_state_dict(model.state_dict())
+    torch.testing.assert_close(twin.embed(wave), emb)
+    with pytest.raises(AsdError, match="unknown head input 'bands'"):
+        _build(name, head_input="bands")

@@ -36,12 +36,17 @@ def _ran(output: str) -> set[str]:
 def reduced_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synth"].update(seconds=0.5, source_train=8, target_train=2, test_per_domain=2)
+    params["corpus"].update(clips=6, seconds=0.5)
+    for p in params["pretrain"].values():
+        p.update(steps=2, batch_size=4, warmup=1, seconds=0.5)
+    params["pretrain"]["eat"]["clones"] = 2
     for model in params["models"].values():
         model.update(steps=2, batch_size=4, warmup=1, seconds=0.5, checkpoint_every=1)
         model.pop("cycle_steps", None)
     for p in params["pseudolabel"].values():
         p["clusters"] = ["gearbox=2", "slider=2", "ToyTrain=2"]
     params["ensemble"]["search7"]["step"] = 0.5
+    params["ensemble"]["search9"]["step"] = 0.5
     params["baseline"]["epochs"] = 2
     return params
 
@@ -61,14 +66,24 @@ def project(tmp_path_factory) -> Path:
     return proj
 
 
+PAPER = ("beats-full", "beats-lora", "beats-pse", "eat-full", "eat-lora", "eat-pse", "dual")
+SCRATCH = ("beats-full-scratch", "eat-full-scratch")
+FROZEN = ("frozen-beats", "frozen-eat", "frozen-beats-scratch", "frozen-eat-scratch")
+NORMALISED = ("beats-full", "beats-lora", "eat-full", "eat-lora", "dual", "frozen-beats", "frozen-eat")
+SYSTEMS = ("system1", "system2", "system3", "system4", "search3", "search7", "search9")
 ALL_STAGES = {
-    "synth", "report", *(f"baseline@{m}" for m in ("logmel", "logmel-meanstd", "autoencoder")),
+    "synth", "corpus", "pretrain@beats", "pretrain@eat", "report",
+    *(f"baseline@{m}" for m in ("logmel", "logmel-meanstd", "autoencoder")),
     *(f"finetune@{m}" for m in ("beats-full", "beats-lora", "eat-full", "eat-lora", "dual")),
     "finetune-pse@beats-pse", "finetune-pse@eat-pse", "pseudolabel@beats", "pseudolabel@eat",
-    *(f"{s}@{m}" for s in ("embed", "detect") for m in ("beats-full", "beats-lora", "beats-pse", "eat-full", "eat-lora", "eat-pse", "dual")),
-    *(f"ensemble-{s}" for s in ("system1", "system2", "system3", "system4", "search3", "search7")),
-    *(f"evaluate@{n}" for n in ("logmel", "logmel-meanstd", "autoencoder", "beats-full", "beats-lora", "beats-pse", "eat-full", "eat-lora", "eat-pse",
-                               "dual", "system1", "system2", "system3", "system4", "search3", "search7")),
+    *(f"finetune-scratch@{m}" for m in SCRATCH), *(f"embed-scratch@{m}" for m in SCRATCH),
+    *(f"embed@{m}" for m in PAPER), "embed-frozen@beats", "embed-frozen@eat",
+    "embed-frozen-scratch@beats", "embed-frozen-scratch@eat",
+    *(f"detect@{m}" for m in (*PAPER, *SCRATCH, *FROZEN)),
+    *(f"detect-normalise@{m}-{n}" for m in NORMALISED for n in ("none", "local-density")),
+    *(f"ensemble-{s}" for s in SYSTEMS),
+    *(f"evaluate@{n}" for n in ("logmel", "logmel-meanstd", "autoencoder", *PAPER, *SCRATCH, *FROZEN, *SYSTEMS)),
+    *(f"evaluate@{m}+{n}" for m in NORMALISED for n in ("none", "local-density")),
 }  # fmt: skip
 
 
@@ -80,7 +95,11 @@ def test_first_run_runs_every_stage_and_writes_the_tables(project):
         assert 0.0 <= m["official_score"] <= 1.0 and len(m["machines"]) == 7
     weights = json.loads((project / "metrics" / "search7_weights.json").read_text())
     assert len(weights["best"]["weights"]) == 7 and abs(sum(weights["best"]["weights"]) - 1) < 1e-9
-    assert (project / "reports" / "single_models.md").read_text().count("\n| ") == 1 + 10  # header, 3 references + 7 models
+    assert (project / "reports" / "single_models.md").read_text().count("\n| ") == 1 + 30  # header, 3 references + 27 models
+    for name in ("beats", "eat"):  # the pre-trained backbones, in the official format, start every fine-tuning
+        summary = json.loads((project / "pretrained" / name / "summary.json").read_text())
+        assert summary["steps"] == 2 and summary["backbone"] == name
+    assert not (project / "pretrained" / "beats" / "resume.pt").exists()
     assert "| hmean | hmean |" in (project / "reports" / "systems.md").read_text()
     assert sorted(p.name for p in (project / "plots" / "umap" / "beats").iterdir())[0].endswith(".png")
     assert (project / "plots" / "roc" / "dual" / "roc_fan.csv").read_text().startswith("fpr,tpr\n")
@@ -116,9 +135,11 @@ def test_changing_one_model_reruns_its_chain_and_nothing_else(project):
     finally:
         params_file.write_text(original)
     assert stale == {"finetune@eat-lora"}  # only the changed stage; the others follow if its outputs change
-    readers = {"system1", "system2", "system3", "system4", "search3", "search7"}  # every system uses eat-lora
+    readers = set(SYSTEMS)  # every system uses eat-lora
     assert _downstream(project, "finetune@eat-lora") == {
         "finetune@eat-lora", "embed@eat-lora", "detect@eat-lora", "evaluate@eat-lora", "report",
+        *(f"detect-normalise@eat-lora-{n}" for n in ("none", "local-density")),
+        *(f"evaluate@eat-lora+{n}" for n in ("none", "local-density")),
         *(f"ensemble-{s}" for s in readers), *(f"evaluate@{s}" for s in readers)}  # fmt: skip
 
 
@@ -135,7 +156,7 @@ def test_changing_a_model_no_system_reads_leaves_the_systems_alone(project):
     assert stale == {"finetune-pse@beats-pse"}
     assert _downstream(project, "finetune-pse@beats-pse") == {
         "finetune-pse@beats-pse", "embed@beats-pse", "detect@beats-pse", "evaluate@beats-pse",
-        "ensemble-search7", "evaluate@search7", "report"}  # fmt: skip
+        "ensemble-search7", "evaluate@search7", "ensemble-search9", "evaluate@search9", "report"}  # fmt: skip
 
 
 def test_changing_one_system_reruns_only_that_system(project):
@@ -165,7 +186,32 @@ def test_editing_a_backbone_file_makes_exactly_its_models_stale(project):
     eat_models = {"eat-full", "eat-lora", "dual"}
     assert {f"embed@{m}" for m in eat_models | {"eat-pse"}} <= stale
     assert {f"finetune@{m}" for m in eat_models} | {"finetune-pse@eat-pse", "pseudolabel@eat"} <= stale
+    assert {"pretrain@eat", "embed-frozen@eat", "embed-frozen-scratch@eat", "finetune-scratch@eat-full-scratch",
+            "embed-scratch@eat-full-scratch"} <= stale  # fmt: skip
     assert not {s for s in stale if "beats" in s}, sorted(stale)  # BEATs-only stages do not depend on eat.py
+    assert _stale(project) == set()
+
+
+def test_editing_a_pretraining_objective_makes_only_its_backbone_stale(project):
+    objective = project / "asdtool" / "pretrain" / "eat.py"
+    original = objective.read_text()
+    try:
+        objective.write_text(original + "\n# an edit of the EAT objective\n")
+        stale = _stale(project)
+    finally:
+        objective.write_text(original)
+    assert stale == {"pretrain@eat"}
+
+
+def test_a_fresh_clone_regenerates_the_data_but_keeps_the_committed_pretrained_backbones(project):
+    """pretrained/ is committed (cache: false); a clone has no data and no DVC cache. `dvc repro` writes
+    the (byte-identical) synthetic data and corpus again and finds the pre-training up to date."""
+    kept = {n: (project / "pretrained" / n / "backbone.pt").read_bytes() for n in ("beats", "eat")}
+    shutil.rmtree(project / "data")
+    shutil.rmtree(project / ".dvc" / "cache", ignore_errors=True)
+    ran = _ran(_run(DVC + ["repro", "pretrain@beats", "pretrain@eat"], project))
+    assert ran == {"synth", "corpus"}
+    assert {n: (project / "pretrained" / n / "backbone.pt").read_bytes() for n in kept} == kept
     assert _stale(project) == set()
 
 

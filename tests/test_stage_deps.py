@@ -286,8 +286,8 @@ def test_write_follows_a_changed_import(project):
     sd.write(project / "dvc.yaml")
     (project / "asdtool/models/eat.py").write_text("from asdtool import unused\n")
     assert "train@e1: missing asdtool/unused.py (imported by 'asdtool train' with backbone eat)" in _check(project)
-    with pytest.raises(sd.WriteError, match="train@e1: its own code"):  # eat.py + unused.py is not one path
-        sd.write(project / "dvc.yaml")
+    with pytest.raises(sd.WriteError, match="its items' own code is not the same number of paths"):
+        sd.write(project / "dvc.yaml")  # e1: eat.py + unused.py (two packages), b1: beats.py alone
     (project / "asdtool/models/eat.py").write_text("from asdtool.models import heads\n")
     assert sd.write(project / "dvc.yaml") is False  # heads was already common
 
@@ -384,3 +384,42 @@ def test_editing_eat_makes_only_the_eat_and_dual_model_stages_stale(written, tmp
         "finetune@eat-full", "finetune@eat-lora", "finetune@dual", "pseudolabel@eat", "finetune-pse@eat-pse",
         "embed@eat-full", "embed@eat-lora", "embed@eat-pse", "embed@dual"}  # fmt: skip
     assert not {s for s in stale if "beats" in s}
+
+
+def test_pretraining_objectives_and_frozen_backbones_count_as_their_backbones_code(project):
+    """`pretrain` imports its objective by name (OBJECTIVES), `embed --backbone X` builds backbone X."""
+    _tree(project, {
+        "asdtool/pretrain/__init__.py": "OBJECTIVES = {'beats': 'asdtool.pretrain.beats', 'eat': 'asdtool.pretrain.eat'}\n",
+        "asdtool/pretrain/loop.py": "import importlib\n\nfrom asdtool import models\nfrom asdtool.pretrain import OBJECTIVES\n",
+        "asdtool/pretrain/beats.py": "from asdtool.models import beats\n",
+        "asdtool/pretrain/eat.py": "from asdtool.models import eat\n",
+        "asdtool/commands/pretrain.py": "def run():\n    from asdtool.pretrain import loop\n",
+        "asdtool/commands/embed.py": "from asdtool import models\n",
+        "dvc.yaml": """\
+stages:
+  pretrain:
+    foreach: [beats, eat]
+    do:
+      cmd: asdtool pretrain --name ${item}
+      outs:
+        - out/${item}
+  frozen:
+    cmd: asdtool embed --backbone eat --out out/frozen
+    outs:
+      - out/frozen
+""",
+    })
+    problems = _check(project)
+    assert "pretrain@beats: missing asdtool/pretrain/beats.py (imported by 'asdtool pretrain' with backbone beats)" in problems
+    assert "pretrain@eat: missing asdtool/models/eat.py (imported by 'asdtool pretrain' with backbone eat)" in problems
+    assert not any("pretrain@beats" in p and "eat.py" in p for p in problems)
+    assert "frozen: missing asdtool/models/eat.py (imported by 'asdtool embed' with backbone eat)" in problems
+    assert not any(p.startswith("frozen:") and "beats" in p for p in problems)
+    assert sd.write(project / "dvc.yaml") is True and _check(project) == []
+    doc = yaml.safe_load((project / "dvc.yaml").read_text())
+    assert doc["stages"]["pretrain"]["foreach"] == {
+        "beats": {"code": "asdtool/models/beats.py", "code_2": "asdtool/pretrain/beats.py"},
+        "eat": {"code": "asdtool/models/eat.py", "code_2": "asdtool/pretrain/eat.py"},
+    }
+    assert doc["stages"]["pretrain"]["do"]["deps"][-2:] == ["${item.code}", "${item.code_2}"]
+    assert sd.write(project / "dvc.yaml") is False  # idempotent

@@ -10,8 +10,9 @@ for code it never runs. The rules:
   `python -m asdtool`) with what it imports, except the other subcommands' modules (an entry that
   imported them all to register them would still run only the invoked one);
 * the backbones (`BACKBONE_MODULES`) are imported by name (in `asdtool.models`) when a model is
-  built; a stage that runs a model depends on the backbone(s) of that model only: the model its
-  command names with `--model NAME` or `--model models/NAME` (else `--name`, else the foreach key),
+  built; a stage that runs a model depends on the backbone(s) of that model only: the one its
+  command names with `--backbone NAME` (a frozen model, pre-training), else the model it names with
+  `--model NAME` or `--model models/NAME` (else `--name`, else the foreach key) as
   `models.<NAME>.backbone` in params.yaml, where `dual` is both;
 * files under a folder dep count as covered; a folder dep is extra when any .py under it is unneeded;
   a folder dep needs `__pycache__/` in .dvcignore, or the bytecode Python writes there changes its hash.
@@ -48,6 +49,8 @@ PACKAGE = "asdtool"
 COMMANDS_PACKAGE = "asdtool.commands"
 # Imported lazily by name when a backbone is built (asdtool.models.load_backbone).
 BACKBONE_MODULES = {"beats": "asdtool.models.beats", "eat": "asdtool.models.eat"}
+# Imported lazily by name when a backbone is pre-trained (asdtool.pretrain.loop): its objective.
+OBJECTIVE_MODULES = {"beats": "asdtool.pretrain.beats", "eat": "asdtool.pretrain.eat"}
 # Backbone names (models.<name>.backbone in params.yaml) that run several backbones.
 COMPOSITE_BACKBONES = {"dual": ("beats", "eat")}
 CODE_FIELD = "code"  # the foreach item field that carries an item's own code dep
@@ -378,23 +381,34 @@ def _dispatcher(module: str) -> str:
     return module.rpartition(".")[0]
 
 
-def backbone_modules(root: Path) -> dict[str, str]:
-    """{backbone: module}: the literal `BACKBONE_MODULES = {...}` of the package that builds the
-    backbones (`asdtool/models/__init__.py`), so the two cannot drift apart; else BACKBONE_MODULES."""
-    for dispatcher in sorted({_dispatcher(m) for m in BACKBONE_MODULES.values()}):
+def _literal_table(root: Path, modules: Iterable[str], name: str) -> dict[str, str] | None:
+    """The literal `{str: str}` assigned to `name` in the first of the dispatcher packages of `modules`."""
+    for dispatcher in sorted({_dispatcher(m) for m in modules}):
         path = _module_file(dispatcher, root)
         if path is None:
             continue
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-            if any(isinstance(t, ast.Name) and t.id == "BACKBONE_MODULES" for t in targets) and node.value is not None:
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets) and node.value is not None:
                 try:
                     value = ast.literal_eval(node.value)
                 except ValueError:
                     continue
                 if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                     return value
-    return dict(BACKBONE_MODULES)
+    return None
+
+
+def backbone_modules(root: Path) -> dict[str, str]:
+    """{backbone: module}: the literal `BACKBONE_MODULES = {...}` of the package that builds the
+    backbones (`asdtool/models/__init__.py`), so the two cannot drift apart; else BACKBONE_MODULES."""
+    return _literal_table(root, BACKBONE_MODULES.values(), "BACKBONE_MODULES") or dict(BACKBONE_MODULES)
+
+
+def objective_modules(root: Path) -> dict[str, str]:
+    """{backbone: module}: the pre-training objectives, imported by name like the backbones (the literal
+    `OBJECTIVES = {...}` of `asdtool/pretrain/__init__.py`); else OBJECTIVE_MODULES."""
+    return _literal_table(root, OBJECTIVE_MODULES.values(), "OBJECTIVES") or dict(OBJECTIVE_MODULES)
 
 
 def _backbones(info: StageInfo, st: _Stage, argv: list[str], root: Path, common: set[str], full: set[str],
@@ -404,8 +418,9 @@ def _backbones(info: StageInfo, st: _Stage, argv: list[str], root: Path, common:
     A backbone module imported by any module but its package's `__init__` (the dispatcher that
     imports it by name) is always needed. Otherwise, when the command reaches the dispatcher or a
     backbone (`full`: its closure with nothing stopped), they are those of the model it names:
-    `--model` (a name or a models/NAME folder), else `--name`, else the stage's foreach key, looked up
-    as `models.<NAME>.backbone` in params.yaml (`dual` is both) or taken as a backbone name itself.
+    `--backbone NAME` itself, else `--model` (a name or a models/NAME folder), else `--name`, else the
+    stage's foreach key, looked up as `models.<NAME>.backbone` in params.yaml (`dual` is both) or taken
+    as a backbone name itself.
     A command that names no model builds none.
     """
     found: list[str] = []
@@ -419,6 +434,18 @@ def _backbones(info: StageInfo, st: _Stage, argv: list[str], root: Path, common:
     reach_files = {f.relative_to(root).as_posix() for f in (_module_file(m, root) for m in reach) if f is not None}
     if not reach_files & full:
         return found
+
+    def add(backbone: str, of: str) -> list[str]:
+        for b in COMPOSITE_BACKBONES.get(backbone, (backbone,)):
+            if b not in modules:
+                info.errors.append(f"unknown backbone {b!r}{of} (known: {', '.join(modules)})")
+            elif b not in found:
+                found.append(b)
+        return found
+
+    named = _option(argv, "--backbone")  # a frozen model (`embed --backbone`) or `pretrain --backbone`
+    if named is not None:
+        return add(named, "")
     options = [v for v in (_option(argv, "--model"), _option(argv, "--name")) if v]
     candidates = [PurePosixPath(v.rstrip("/")).name for v in options] + ([st.key] if st.key else [])
     for name in candidates:
@@ -426,14 +453,8 @@ def _backbones(info: StageInfo, st: _Stage, argv: list[str], root: Path, common:
         backbone = entry.get("backbone") if isinstance(entry, dict) else None
         if backbone is None and name in (*modules, *COMPOSITE_BACKBONES):
             backbone = name
-        if backbone is None:
-            continue
-        for b in COMPOSITE_BACKBONES.get(backbone, (backbone,)):
-            if b not in modules:
-                info.errors.append(f"unknown backbone {b!r} of {name!r} (known: {', '.join(modules)})")
-            elif b not in found:
-                found.append(b)
-        return found
+        if backbone is not None:
+            return add(backbone, f" of {name!r}")
     if options and _option(argv, "--model"):
         info.errors.append(f"names a model ({_option(argv, '--model')}) whose backbone is not in the params; "
                            f"counting every backbone")
@@ -448,9 +469,12 @@ def _analyse(dvc_yaml: Path, params_yaml: Path | None, root: Path) -> tuple[dict
     params_models = ctx.get("models") if isinstance(ctx.get("models"), dict) else {}
     command_modules = _command_modules(root)
     modules = backbone_modules(root)
-    backbone_mods = set(modules.values())
+    objectives = objective_modules(root)
+    backbone_mods = set(modules.values()) | set(objectives.values())
     backbone_files = {m: _posix(import_closure(m, root, stop=backbone_mods - {m}))
                       for m in backbone_mods if _module_file(m, root) is not None}
+    objective_dispatchers = {f.relative_to(root).as_posix() for f in
+                             (_module_file(_dispatcher(m), root) for m in objectives.values()) if f is not None}
     cache: dict[tuple, set[str]] = {}
 
     def closure(module: str, stop: frozenset[str]) -> set[str]:
@@ -494,6 +518,11 @@ def _analyse(dvc_yaml: Path, params_yaml: Path | None, root: Path) -> tuple[dict
                 if b not in info.backbones:
                     info.backbones.append(b)
                 info.needed |= backbone_files[modules[b]]
+                if info.needed & objective_dispatchers and b in objectives:  # it pre-trains: b's objective too
+                    if objectives[b] not in backbone_files:
+                        info.errors.append(f"backbone {b!r}: no objective module {objectives[b]}")
+                    else:
+                        info.needed |= backbone_files[objectives[b]]
     return data, stages, infos
 
 
@@ -645,13 +674,34 @@ def _single_path(files: set[str], needed: set[str], root: Path) -> str | None:
     return None
 
 
+def _item_paths(files: set[str], needed: set[str], root: Path) -> list[str] | None:
+    """Dep paths covering exactly `files` plus only needed files: one file or folder, else one per package."""
+    single = _single_path(files, needed, root)
+    if single is not None:
+        return [single]
+    by_package: dict[str, set[str]] = {}
+    for f in files:
+        by_package.setdefault(PurePosixPath(f).parent.as_posix(), set()).add(f)
+    paths = [_single_path(group, needed, root) for _, group in sorted(by_package.items())]
+    return None if None in paths else paths  # type: ignore[return-value]
+
+
+def _code_field(n: int) -> str:
+    return CODE_FIELD if n == 0 else f"{CODE_FIELD}_{n + 1}"
+
+
+def _is_code_field(name: str) -> bool:
+    return name == CODE_FIELD or bool(re.fullmatch(re.escape(CODE_FIELD) + r"_\d+", name))
+
+
 def write(dvc_yaml: Path, params_yaml: Path | None = None, root: Path | None = None) -> bool:
     """Rewrite dvc.yaml so each stage's asdtool code deps are exactly what it needs; True if changed.
 
     Non-code deps keep their order and come first, then the code files sorted. A foreach stage lists
     the files every item needs; when items need different backbone code, each item carries it in the
     field `code` (one file, or a folder whose every .py the item needs, e.g. `asdtool/models` for
-    `dual`) and the deps end with `${item.code}`: a list foreach becomes a mapping of mappings
+    `dual`; code in several packages, as a backbone and its pre-training objective, takes one path per
+    package in `code`, `code_2`, ...) and the deps end with `${item.code}` (`${item.code_2}`, ...): a list foreach becomes a mapping of mappings
     (`${item}` -> `${key}`), a mapping of scalars keeps the scalar in `value` (`${item}` ->
     `${item.value}`). A foreach taken from params (`${pseudolabel}`) cannot get a field; there the
     item code must be one path with the key in it, written as `asdtool/models/${key}.py`.
@@ -695,14 +745,17 @@ def write(dvc_yaml: Path, params_yaml: Path | None = None, root: Path | None = N
             raise WriteError(f"{group}: matrix stages whose items need different code are not supported")
         if is_foreach:
             raw = body["foreach"]
-            per_item = {}
+            per_item: dict[str, list[str]] = {}
             for st, info in members:
                 extra = info.needed - common
                 if extra:
-                    path = _single_path(extra, info.needed, root)
-                    if path is None:
-                        raise WriteError(f"{st.name}: its own code {sorted(extra)} is not one file or folder")
-                    per_item[st.name] = path
+                    paths = _item_paths(extra, info.needed, root)
+                    if paths is None:
+                        raise WriteError(f"{st.name}: its own code {sorted(extra)} is not one file or folder "
+                                         f"per package")
+                    per_item[st.name] = paths
+            if per_item and len({len(v) for v in per_item.values()}) > 1:
+                raise WriteError(f"{group}: its items' own code is not the same number of paths: {per_item}")
             if per_item and len(per_item) != len(members):
                 lacking = [st.name for st, _ in members if st.name not in per_item]
                 raise WriteError(f"{group}: items {lacking} need no code of their own while others do")
@@ -710,16 +763,17 @@ def write(dvc_yaml: Path, params_yaml: Path | None = None, root: Path | None = N
             f_end = _block_end(lines, f_line)
             if isinstance(raw, str):  # interpolated from params: no field to add
                 if per_item:
-                    templates = set()
-                    for st, _ in members:
-                        head, found, tail = per_item[st.name].rpartition(st.key or "\0")
-                        templates.add(head + "${key}" + tail if found else None)
-                    fits = len(templates) == 1 and None not in templates and all(
-                        next(iter(templates)).replace("${key}", st.key) == per_item[st.name] for st, _ in members)
-                    if not fits:
-                        raise WriteError(f"{group}: foreach {raw!r} comes from the params; its items' code "
-                                         f"{per_item} cannot be written as one path with ${{key}}")
-                    code_deps.append(templates.pop())
+                    for n in range(len(next(iter(per_item.values())))):
+                        templates = set()
+                        for st, _ in members:
+                            head, found, tail = per_item[st.name][n].rpartition(st.key or "\0")
+                            templates.add(head + "${key}" + tail if found else None)
+                        fits = len(templates) == 1 and None not in templates and all(
+                            next(iter(templates)).replace("${key}", st.key) == per_item[st.name][n] for st, _ in members)
+                        if not fits:
+                            raise WriteError(f"{group}: foreach {raw!r} comes from the params; its items' code "
+                                             f"{per_item} cannot be written as paths with ${{key}}")
+                        code_deps.append(templates.pop())
             else:
                 new_items: dict | list
                 if isinstance(raw, list) and all(not isinstance(x, (dict, list)) for x in raw):
@@ -734,18 +788,21 @@ def write(dvc_yaml: Path, params_yaml: Path | None = None, root: Path | None = N
                     new_items = [dict(v) for v in raw]
                 else:
                     raise WriteError(f"{group}: cannot add a {CODE_FIELD!r} field to foreach items {raw!r}")
+                entries = list(new_items.values() if isinstance(new_items, dict) else new_items)
+                fields_now = [_code_field(n) for n in range(len(next(iter(per_item.values()), [])))]
+                stale = any(k not in fields_now and _is_code_field(k) for e in entries for k in e)
+                for entry in entries:
+                    for k in [k for k in entry if _is_code_field(k)]:
+                        del entry[k]
                 if not per_item:
                     item_rename = None
-                    if isinstance(new_items, dict) and any(CODE_FIELD in v for v in new_items.values()):
-                        for v in new_items.values():
-                            v.pop(CODE_FIELD, None)
-                    else:
+                    if not stale:
                         new_items = None  # leave the foreach as it is
                 else:
-                    entries = new_items.values() if isinstance(new_items, dict) else new_items
                     for (st, _), entry in zip(members, entries):
-                        entry[CODE_FIELD] = per_item[st.name]
-                    code_deps.append("${item.%s}" % CODE_FIELD)
+                        for name, path in zip(fields_now, per_item[st.name]):
+                            entry[name] = path
+                    code_deps += ["${item.%s}" % name for name in fields_now]
                 if new_items is not None:
                     ind = " " * (_indent(lines[f_line]) + 2)
                     out = [" " * _indent(lines[f_line]) + "foreach:" + _key_comment(lines[f_line]) + "\n"]

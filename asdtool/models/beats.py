@@ -147,14 +147,21 @@ class SamePad(nn.Module):
         return x[:, :, : -self.remove] if self.remove else x
 
 
-@functools.lru_cache(maxsize=32)
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> torch.Tensor:
     """Return the (length, length) bucket index of key position j relative to query position i.
 
     Half the buckets per direction; within each, exact buckets up to half of it, then buckets
     log-spaced up to max_distance. Computed on CPU in float32 as the official code does, so that
-    truncation at bucket edges gives the same integers on every device.
+    truncation at bucket edges gives the same integers on every device. Cached, and always built
+    outside inference mode: a cached inference tensor would break a later training step (an
+    embedding lookup saves its indices for backward).
     """
+    with torch.inference_mode(False):
+        return _relative_position_buckets(length, num_buckets, max_distance)
+
+
+@functools.lru_cache(maxsize=32)
+def _relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> torch.Tensor:
     pos = torch.arange(length, dtype=torch.long)
     relative = pos[None, :] - pos[:, None]  # (T, T): key - query
     half = num_buckets // 2
@@ -355,6 +362,8 @@ class BEATs(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_dim = cfg.encoder_embed_dim  # token width, what heads build on
+        self.freq_patches = 128 // cfg.input_patch_size  # patches per time step (tokens are time-major)
+        self.prefix_tokens = 0  # tokens before the patches
         self.num_layers, self.num_heads = cfg.encoder_layers, cfg.encoder_attention_heads
         self.patch_embedding = nn.Conv2d(
             1, cfg.embed_dim, kernel_size=cfg.input_patch_size, stride=cfg.input_patch_size, bias=cfg.conv_bias

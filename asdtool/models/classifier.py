@@ -30,6 +30,7 @@ from asdtool.models.heads import ArcFaceLoss, EmbeddingHead
 from asdtool.models.lora import adapter_state_dict, apply_lora, load_adapter_state_dict
 
 CLASSIFIERS = (*BACKBONES, "dual")
+HEAD_INPUTS = ("patches", "frames")  # what the pooling fuses: every patch token, or frame embeddings
 
 
 @contextmanager
@@ -43,22 +44,46 @@ def _eval_mode(module: nn.Module):
         module.train(was_training)
 
 
-class _Branch(nn.Module):
-    """One backbone with its own SpecAugment and head: wave -> (detector embedding, classifier input)."""
+def frame_tokens(tokens: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+    """Return frame embeddings (B, T, F*D) of a backbone's tokens (B, prefix + T*F, D).
 
-    def __init__(self, backbone: nn.Module, head_args: dict, spec_augment: dict | bool):
+    Both backbones cut the fbank into 16x16 patches and order the tokens time-major (t * F + f), so
+    the F patch tokens of one time step, side by side, are that step's frame embedding: the "frame
+    embeddings" the paper's pooling fuses, with the frequency layout kept. Leading tokens (EAT's CLS)
+    are dropped.
+    """
+    bands, prefix = backbone.freq_patches, backbone.prefix_tokens
+    B, N, D = tokens.shape
+    if (N - prefix) % bands:
+        raise AsdError(f"{N - prefix} patch tokens do not make whole frames of {bands} frequency patches")
+    return tokens[:, prefix:].reshape(B, (N - prefix) // bands, bands * D)
+
+
+class _Branch(nn.Module):
+    """One backbone with its own SpecAugment and head: wave -> (detector embedding, classifier input).
+
+    `head_input`: "patches" pools every patch token (B, N, D); "frames" pools frame embeddings
+    (B, T, F*D), see `frame_tokens`.
+    """
+
+    def __init__(self, backbone: nn.Module, head_args: dict, spec_augment: dict | bool, head_input: str = "patches"):
         super().__init__()
+        if head_input not in HEAD_INPUTS:
+            raise AsdError(f"unknown head input {head_input!r}; choose one of {', '.join(HEAD_INPUTS)}")
         self.backbone = backbone
+        self.head_input = head_input
         if spec_augment is True:
             spec_augment = {}
         self.spec_augment = None if spec_augment is False else SpecAugment(**spec_augment)
-        self.head = EmbeddingHead(backbone.embed_dim, **head_args)
+        width = backbone.embed_dim * (backbone.freq_patches if head_input == "frames" else 1)
+        self.head = EmbeddingHead(width, **head_args)
 
-    def tokens(self, wave: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, N, D)
+    def tokens(self, wave: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, N, D) or (B, frames, F*D)
         fbank = self.backbone.preprocess(wave)  # (B, F, 128), no gradient
         if self.training and self.spec_augment is not None:
             fbank = self.spec_augment(fbank)
-        return self.backbone.encode(fbank)
+        tokens = self.backbone.encode(fbank)
+        return frame_tokens(tokens, self.backbone) if self.head_input == "frames" else tokens
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, T) -> (B, e), (B, E)
         first, second = self.head.layers(self.tokens(wave))
@@ -72,7 +97,8 @@ class AttributeClassifier(nn.Module):
     Head sizes: `hidden_dim`, `emb_dim`, `bottleneck` (pooling attention), `embedding_layer`
     ("first" | "second": which dense output `embed` gives the detector, see EmbeddingHead).
     `spec_augment`: True for SpecAugment at its defaults (the paper's), a dict of SpecAugment
-    keyword arguments, or False for no masking.
+    keyword arguments, or False for no masking. `head_input`: the pooling fuses every patch token
+    ("patches") or frame embeddings, each time step's frequency patches side by side ("frames").
     """
 
     def __init__(
@@ -86,10 +112,11 @@ class AttributeClassifier(nn.Module):
         arcface_scale: float = 30.0,
         arcface_margin: float = 0.5,
         spec_augment: dict | bool = True,
+        head_input: str = "patches",
     ):
         super().__init__()
         head_args = dict(hidden_dim=hidden_dim, emb_dim=emb_dim, bottleneck=bottleneck, embedding_layer=embedding_layer)
-        self.branch = _Branch(backbone, head_args, spec_augment)
+        self.branch = _Branch(backbone, head_args, spec_augment, head_input)
         self.arcface = ArcFaceLoss(emb_dim, n_classes, scale=arcface_scale, margin=arcface_margin)
         self.n_classes = n_classes
         self.build_args: dict = {}  # set by build_classifier: what rebuilds this architecture
@@ -157,11 +184,12 @@ class DualClassifier(nn.Module):
         arcface_margin: float = 0.5,
         spec_augment: dict | bool = True,
         branch_weights: tuple[float, float] = (1.0, 1.0),
+        head_input: str = "patches",
     ):
         super().__init__()
         head_args = dict(hidden_dim=hidden_dim, emb_dim=emb_dim, bottleneck=bottleneck, embedding_layer="second")
-        self.beats = _Branch(beats, head_args, spec_augment)
-        self.eat = _Branch(eat, head_args, spec_augment)
+        self.beats = _Branch(beats, head_args, spec_augment, head_input)
+        self.eat = _Branch(eat, head_args, spec_augment, head_input)
         fused_dim = emb_dim if fused_dim is None else fused_dim
         self.fusion = nn.Linear(2 * emb_dim, fused_dim)
         arc = dict(scale=arcface_scale, margin=arcface_margin)

@@ -141,7 +141,8 @@ class EAT(nn.Module):
             )
         self.cfg = cfg
         self.embed_dim, self.num_layers, self.num_heads = cfg.embed_dim, cfg.depth, cfg.num_heads
-        self.freq_patches = cfg.n_mels // cfg.patch_size
+        self.freq_patches = cfg.n_mels // cfg.patch_size  # patches per time step (tokens are time-major)
+        self.prefix_tokens = 1  # the CLS token leads the patches
         self.patch_embed = nn.Conv2d(1, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         # A buffer, not a parameter: the table is fixed and must stay out of optimisers and LoRA.
