@@ -207,11 +207,18 @@ def test_a_fresh_clone_regenerates_the_data_but_keeps_the_committed_pretrained_b
     """pretrained/ is committed (cache: false); a clone has no data and no DVC cache. `dvc repro` writes
     the (byte-identical) synthetic data and corpus again and finds the pre-training up to date."""
     kept = {n: (project / "pretrained" / n / "backbone.pt").read_bytes() for n in ("beats", "eat")}
+    cache, aside = project / ".dvc" / "cache", project / ".dvc" / "cache-aside"
     shutil.rmtree(project / "data")
-    shutil.rmtree(project / ".dvc" / "cache", ignore_errors=True)
-    ran = _ran(_run(DVC + ["repro", "pretrain@beats", "pretrain@eat"], project))
+    cache.rename(aside)
+    try:
+        ran = _ran(_run(DVC + ["repro", "pretrain@beats", "pretrain@eat"], project))
+        stale = _stale(project)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        aside.rename(cache)
     assert ran == {"synth", "corpus"}
     assert {n: (project / "pretrained" / n / "backbone.pt").read_bytes() for n in kept} == kept
+    assert not stale & {"synth", "corpus", "pretrain@beats", "pretrain@eat"}  # the rest lack their cache here
     assert _stale(project) == set()
 
 
