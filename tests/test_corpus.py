@@ -224,15 +224,6 @@ def shapes(features: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def machine_sound(clip: synth.PlannedClip, seed: int, seconds: float) -> np.ndarray:
-    """A dev clip's machine without the factory hall around it (what `render_clip` adds the background to)."""
-    spec = synth.MACHINES[clip.machine]
-    rng = synth._clip_rng(seed, clip)
-    n = int(round(seconds * synth.SAMPLE_RATE))
-    sev = spec.level * rng.uniform(0.5, 1.5) if clip.fault else 0.0
-    return spec.gain * spec.render(rng, n, clip.attributes, clip.fault, sev)
-
-
 def test_no_corpus_clip_is_a_near_duplicate_of_a_dev_clip(big):
     """Corpus clips lie farther from the dev machines than dev clips lie from their own nearest neighbours.
 
@@ -249,9 +240,9 @@ def test_no_corpus_clip_is_a_near_duplicate_of_a_dev_clip(big):
     for machine, spec in synth.MACHINES.items():
         sizes = synth.SynthSizes(SECONDS, 3 * len(spec.source), 3 * len(spec.target), 0)
         for clip in synth.plan_clips(machine, sizes):
-            dev.append(machine_sound(clip, 0, SECONDS))
+            dev.append(synth.render_clip(clip, 0, SECONDS, hall=False))
             if clip.index < len(spec.source if clip.domain == "source" else spec.target):  # one per combination
-                leaks.append(machine_sound(clip, 1, SECONDS))
+                leaks.append(synth.render_clip(clip, 1, SECONDS, hall=False))
     ours = [sf.read(p, dtype="int16")[0] for p in sorted(big.glob("*.wav"))]
     d, leak, c = (shapes(logmel_means(w)) for w in (dev, leaks, ours))
 

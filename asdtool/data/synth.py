@@ -638,14 +638,19 @@ def _clip_rng(seed: int, clip: PlannedClip) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
-def render_clip(clip: PlannedClip, seed: int, seconds: float) -> np.ndarray:
-    """Return one clip as int16 samples (deterministic in seed and the clip's identity)."""
+def render_clip(clip: PlannedClip, seed: int, seconds: float, hall: bool = True) -> np.ndarray:
+    """Return one clip as int16 samples (deterministic in seed and the clip's identity).
+
+    `hall=False` leaves out the factory noise of the domain's hall: the machine alone, as recorded.
+    """
     spec = MACHINES[clip.machine]
     rng = _clip_rng(seed, clip)
     n = int(round(seconds * SAMPLE_RATE))
     sev = spec.level * rng.uniform(0.5, 1.5) if clip.fault else 0.0
     x = spec.render(rng, n, clip.attributes, clip.fault, sev)
-    x = spec.gain * 10 ** (rng.normal(0, 1.0) / 20) * x + _background(rng, n, clip.domain)
+    x = spec.gain * 10 ** (rng.normal(0, 1.0) / 20) * x
+    if hall:
+        x = x + _background(rng, n, clip.domain)
     return np.round(_limit(x) * 32767.0).astype(np.int16)
 
 
