@@ -211,25 +211,33 @@ def read_train_log(path: Path, upto: int) -> list[dict]:
         return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Return the payload of an asdtool fine-tuning checkpoint (safe loading only); AsdError for anything else."""
+def load_safely(path: Path, kind: str) -> object:
+    """Return what torch.load reads from one of our own archives, tensors and plain containers only.
+
+    `kind` names the file in the one-line AsdError for anything else: "checkpoint", "resume state".
+    """
     import pickle
     import zipfile
 
+    if not zipfile.is_zipfile(path):
+        raise AsdError(f"not a {kind} (not a PyTorch zip archive; damaged, truncated or another kind of file)", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise AsdError(f"refused: the {kind} holds Python objects beyond tensors and plain containers "
+                       "(not written by this asdtool version, or tampered with)", path) from None  # fmt: skip
+    except Exception as exc:  # torch raises many types for a damaged archive
+        raise AsdError(f"not a {kind}: cannot read it ({exc.__class__.__name__})", path) from None
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Return the payload of an asdtool fine-tuning checkpoint (safe loading only); AsdError for anything else."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file():
         raise AsdError("no fine-tuned checkpoint here (run asdtool finetune first)", path)
-    if not zipfile.is_zipfile(path):
-        raise AsdError("not a checkpoint (not a PyTorch zip archive; damaged, truncated or another kind of file)", path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise AsdError("refused: the checkpoint holds Python objects beyond tensors and plain containers "
-                       "(not written by this asdtool version, or tampered with)", path) from None  # fmt: skip
-    except Exception as exc:  # torch raises many types for a damaged archive
-        raise AsdError(f"not a checkpoint: cannot read it ({exc.__class__.__name__})", path) from None
+    payload = load_safely(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise AsdError("is not an asdtool fine-tuning checkpoint (an official backbone file goes to --checkpoint)", path)
     if payload.get("version") != VERSION:

@@ -110,8 +110,15 @@ def _plain(value: Any) -> Any:
 
 
 def _interrupted(module, cfg) -> str:
-    note = getattr(module, "interrupted", None)
-    return note(cfg) if note else "interrupted; nothing was written (outputs appear only when complete)"
+    """Return what an interrupted command kept and how to continue it (commands that checkpoint define `kept`)."""
+    kept = getattr(module, "kept", None)
+    if kept is None:
+        return "interrupted; nothing was written (outputs appear only when complete)"
+    where, step = kept(cfg)
+    if not step:
+        return (f"interrupted before the first checkpoint (every {cfg.checkpoint_every} steps); nothing usable was kept "
+                f"in {cfg.out}")  # fmt: skip
+    return f"interrupted; {where} holds step {step} of {cfg.steps}: run the same command with --resume to continue"
 
 
 def make_command(stage: str, cls) -> typing.Callable:

@@ -201,6 +201,7 @@ SIZES = ("tiny", "base")
 SCHEDULERS = ("warmup-linear", "cosine-restarts", "constant")
 OPTIMIZERS = ("adamw", "adam")
 LABELS = ("attributes", "pseudo")
+HEAD_INPUTS = ("patches", "frames")  # what the head pools: every patch token, or frame embeddings
 LINKAGES = ("ward", "average", "complete", "single")
 MAX_SEED = 2**32 - 1  # numpy's seed range
 _PAPER = "with --paper-sizes"
@@ -345,7 +346,7 @@ class FinetuneConfig:
     hidden_dim: int = option(128, "Width of the first dense layer of the head.")
     emb_dim: int = option(128, "Width of the embedding (second dense layer) fed to ArcFace.")
     embedding_layer: str = option("second", "Dense layer whose output the detector embeds: first or second.", choices=("first", "second"))
-    head_input: str = option("patches", "What the pooling fuses: every patch token (patches) or frame embeddings, each time step's frequency patches side by side (frames).", choices=("patches", "frames"))
+    head_input: str = option("patches", "What the pooling fuses: every patch token (patches) or frame embeddings, each time step's frequency patches side by side (frames).", choices=HEAD_INPUTS)
     branch_weights: list[float] = option([1.0, 1.0], "Dual: per-branch loss weights, BEATs then EAT (repeat the option).")
     seconds: float = option(10.0, "Pad or cut every clip to this many seconds (10 in the paper).")
     seed: int = option(0, "Seed of the initialisation, batch order and augmentation.")

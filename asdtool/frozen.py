@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from asdtool.errors import AsdError
+from asdtool.models.classifier import frame_tokens
 
 POOLINGS = ("meanstd", "mean", "freq-meanstd", "freq-mean")
 
@@ -38,8 +39,7 @@ class FrozenEmbedder(nn.Module):
         if pooling not in POOLINGS:
             raise AsdError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         self.backbone, self.name, self.layer, self.pooling = backbone.eval().requires_grad_(False), name, layer, pooling
-        self.extra_tokens = backbone.prefix_tokens  # EAT's CLS token leads the sequence
-        self.bands = backbone.freq_patches  # patches per time step (both are time-major: patch t * bands + f)
+        self.bands = backbone.freq_patches  # patches per time step
 
     @property
     def embedding_dim(self) -> int:
@@ -48,6 +48,10 @@ class FrozenEmbedder(nn.Module):
 
     def tokens(self, wave: torch.Tensor) -> torch.Tensor:
         """Return the layer's patch tokens (B, N, D)."""
+        return self.states(wave)[:, self.backbone.prefix_tokens :]
+
+    def states(self, wave: torch.Tensor) -> torch.Tensor:
+        """Return the layer's token states (B, prefix + N, D): EAT's CLS first, then the patch tokens."""
         blocks = _blocks(self.backbone)
         captured: list[torch.Tensor] = []
         if self.layer < len(blocks):
@@ -67,14 +71,16 @@ class FrozenEmbedder(nn.Module):
             pass
         finally:
             handle.remove()
-        return captured[0][:, self.extra_tokens :]
+        return captured[0]
 
     def embed(self, wave: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens(wave).float()  # (B, N, D)
+        tokens = self.states(wave).float()  # (B, prefix + N, D)
+        if self.pooling.startswith("freq"):  # (B, T, F, D): the statistics over time, band by band
+            frames = frame_tokens(tokens, self.backbone)
+            tokens = frames.reshape(*frames.shape[:2], self.bands, tokens.shape[-1])
+        else:
+            tokens = tokens[:, self.backbone.prefix_tokens :]  # (B, N, D)
         dim = 1
-        if self.pooling.startswith("freq"):
-            B, N, D = tokens.shape
-            tokens, dim = tokens.reshape(B, N // self.bands, self.bands, D), 1  # (B, T, F, D)
         mean = tokens.mean(dim)
         parts = [mean] if not self.pooling.endswith("meanstd") else [mean, tokens.std(dim, unbiased=False)]
         return torch.cat([p.flatten(1) for p in parts], dim=1)

@@ -152,3 +152,24 @@ def test_interrupted_finetune_says_what_was_kept(data, tmp_path):
     saved = read_checkpoint(out)
     assert saved["step"] >= step >= 1 and not saved["complete"]
     assert not (out / "summary.json").exists() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_interrupt_notes_read_what_each_command_kept(tmp_path):
+    import torch
+
+    from asdtool import cli
+    from asdtool.commands import evaluate, finetune, pretrain
+    from asdtool.config import FinetuneConfig, PretrainConfig
+    from asdtool.pretrain.loop import RESUME, RESUME_FORMAT, RESUME_VERSION
+
+    pre = PretrainConfig(audio=[str(tmp_path)], out=tmp_path / "p", steps=50, checkpoint_every=10)
+    fine = FinetuneConfig(data_root=tmp_path, out=tmp_path / "f", steps=40, checkpoint_every=5)
+    for module, cfg in ((pretrain, pre), (finetune, fine)):
+        note = cli._interrupted(module, cfg)
+        assert note == (f"interrupted before the first checkpoint (every {cfg.checkpoint_every} steps); "
+                        f"nothing usable was kept in {cfg.out}")  # fmt: skip
+    pre.out.mkdir()
+    torch.save({"format": RESUME_FORMAT, "version": RESUME_VERSION, "step": 20}, pre.out / RESUME)
+    assert cli._interrupted(pretrain, pre) == (
+        f"interrupted; {pre.out}/{RESUME} holds step 20 of 50: run the same command with --resume to continue")
+    assert cli._interrupted(evaluate, None) == "interrupted; nothing was written (outputs appear only when complete)"

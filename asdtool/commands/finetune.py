@@ -13,20 +13,15 @@ from asdtool.config import FinetuneConfig
 
 
 
-def interrupted(cfg: FinetuneConfig) -> str:
-    """Return what an interrupted run kept and how to continue it (read from the checkpoint on disk)."""
+def kept(cfg: FinetuneConfig) -> tuple[str, int]:
+    """Return the file an interrupted run keeps and the step it holds (0: none yet), read from disk."""
     from asdtool.checkpoint import read_checkpoint
     from asdtool.errors import AsdError
 
     try:
-        step = int(read_checkpoint(cfg.out)["step"])
+        return f"{cfg.out}/checkpoint.pt", int(read_checkpoint(cfg.out)["step"])
     except (AsdError, KeyError, ValueError):
-        step = 0
-    if not step:
-        return (f"interrupted before the first checkpoint (every {cfg.checkpoint_every} steps); nothing usable was kept "
-                f"in {cfg.out}")  # fmt: skip
-    return (f"interrupted; {cfg.out}/checkpoint.pt holds step {step} of {cfg.steps}: run the same command "
-            "with --resume to continue")  # fmt: skip
+        return f"{cfg.out}/checkpoint.pt", 0
 
 
 def run(cfg: FinetuneConfig) -> None:

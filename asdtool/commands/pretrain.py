@@ -14,20 +14,15 @@ from asdtool.config import PretrainConfig
 UNFINISHED = 3  # exit code of a run stopped by --max-minutes: resumable, not failed
 
 
-def interrupted(cfg: PretrainConfig) -> str:
-    """Return what an interrupted run kept and how to continue it (read from the resume state on disk)."""
+def kept(cfg: PretrainConfig) -> tuple[str, int]:
+    """Return the file an interrupted run keeps and the step it holds (0: none yet), read from disk."""
     from asdtool.errors import AsdError
     from asdtool.pretrain.loop import RESUME, read_state
 
     try:
-        step = int(read_state(cfg.out / RESUME)["step"])
+        return f"{cfg.out}/{RESUME}", int(read_state(cfg.out / RESUME)["step"])
     except (AsdError, KeyError, ValueError):
-        step = 0
-    if not step:
-        return (f"interrupted before the first checkpoint (every {cfg.checkpoint_every} steps); nothing usable was kept "
-                f"in {cfg.out}")  # fmt: skip
-    return (f"interrupted; {cfg.out}/{RESUME} holds step {step} of {cfg.steps}: run the same command "
-            "with --resume to continue")  # fmt: skip
+        return f"{cfg.out}/{RESUME}", 0
 
 
 def run(cfg: PretrainConfig) -> None:

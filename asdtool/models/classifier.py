@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from asdtool.config import HEAD_INPUTS
 from asdtool.errors import AsdError
 from asdtool.features import SpecAugment
 from asdtool.models import BACKBONES, load_backbone
@@ -30,7 +31,6 @@ from asdtool.models.heads import ArcFaceLoss, EmbeddingHead
 from asdtool.models.lora import adapter_state_dict, apply_lora, load_adapter_state_dict
 
 CLASSIFIERS = (*BACKBONES, "dual")
-HEAD_INPUTS = ("patches", "frames")  # what the pooling fuses: every patch token, or frame embeddings
 
 
 @contextmanager

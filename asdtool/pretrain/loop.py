@@ -85,19 +85,11 @@ def _log_fields(rows: list[dict]) -> list[str]:
 
 def read_state(path: Path) -> dict:
     """Return a resume state written by this loop (safe loading only)."""
-    import pickle
-    import zipfile
+    from asdtool.checkpoint import load_safely
 
     if not path.is_file():
         raise AsdError("no unfinished pre-training run here to resume", path.parent)
-    if not zipfile.is_zipfile(path):
-        raise AsdError("not a resume state (damaged, truncated or another kind of file)", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise AsdError("refused: the resume state holds Python objects beyond tensors and plain containers", path) from None
-    except Exception as exc:  # torch raises many types for a damaged archive
-        raise AsdError(f"cannot read the resume state ({exc.__class__.__name__})", path) from None
+    state = load_safely(path, "resume state")
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise AsdError("is not an asdtool pre-training resume state", path)
     if state.get("version") != RESUME_VERSION:
