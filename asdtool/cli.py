@@ -37,6 +37,7 @@ STAGES: dict[str, type] = {
     "detect": config.DetectConfig,
     "ensemble": config.EnsembleConfig,
     "evaluate": config.EvaluateConfig,
+    "submit": config.SubmitConfig,
     "report": config.ReportConfig,
     "baseline": config.BaselineConfig,
 }

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from asdtool.data.layouts import YEARS as LAYOUT_YEARS
 from asdtool.errors import AsdError
 
 # ----------------------------------------------------------------------------- declaring options
@@ -209,7 +210,7 @@ _PAPER = "with --paper-sizes"
 
 @dataclass(kw_only=True)
 class SynthConfig:
-    """asdtool synth: Write a synthetic DCASE 2024 Task 2 dev set (seven machine types, exact layout and names)."""
+    """asdtool synth: Write a synthetic DCASE Task 2 set: the 2024 dev set (seven machine types, exact layout and names), or with --layout any year's dev or eval set and its ground truth."""
 
     SECTION = Section("synth")
 
@@ -221,10 +222,22 @@ class SynthConfig:
     test_per_domain: int | None = option(None, f"Normal and anomalous test clips, each, per domain and machine (default 20; 50 {_PAPER}).")
     paper_sizes: bool = option(False, "DCASE 2024 dev sizes: 990 + 10 train, 50 + 50 test per domain, 10 s.")
     machine: list[str] = option([], "Machine type (repeatable; default: all seven dev types).")
-    overwrite: bool = option(False, "Replace machine folders that already exist under --out.", recipe=False)
+    layout: str | None = option(None, "Write the file layout, names and ground truth of this DCASE year instead of the embedded 2024 dev set (sizes apply per section).", choices=LAYOUT_YEARS)
+    eval: bool = option(False, "With --layout: write the year's evaluation set (unlabelled test names) and its ground truth.")
+    ground_truth_out: Path | None = option(None, "With --layout: folder for the organisers' ground-truth files (default: <out>-ground-truth).", recipe=False)
+    supplemental: int | None = option(None, "With --layout 2025: machine-only and noise-only supplemental clips, each, per machine type (default 10).")
+    overwrite: bool = option(False, "Replace machine folders that already exist under --out (and the ground-truth folder).", recipe=False)
 
     def validate(self) -> None:
         _check_seed(self)  # clip counts and lengths are checked by synthesize
+        if self.layout is None:
+            given = [flag for flag, value in (("--eval", self.eval), ("--ground-truth-out", self.ground_truth_out),
+                                              ("--supplemental", self.supplemental)) if value]  # fmt: skip
+            if given:
+                raise AsdError(f"{', '.join(given)} needs --layout YEAR (the embedded default is a dev set)")
+        elif self.supplemental is not None and self.layout != "2025":
+            raise AsdError(f"--supplemental is for --layout 2025 only, got --layout {self.layout}")
+        _at_least(self, 0, "supplemental")
 
 
 @dataclass(kw_only=True)
@@ -549,6 +562,37 @@ class EvaluateConfig:
     def validate(self) -> None:
         if (self.data_root is None) == (self.ground_truth is None):
             raise AsdError("give exactly one of --data-root (dev names) or --ground-truth (organisers' folder)")
+        if not 0.0 < self.decision_quantile < 1.0:
+            raise AsdError(f"--decision-quantile must lie in (0, 1), got {self.decision_quantile}")
+
+
+@dataclass(kw_only=True)
+class SubmitConfig:
+    """asdtool submit: Write a DCASE Task 2 challenge submission folder (score and decision files of every eval section, <label>.meta.yaml), or --check one.
+
+    A clip is decided anomalous when its score exceeds the --decision-quantile of a gamma distribution
+    fitted to its section's training-clip scores (the organisers' rule). The folder is written beside
+    --out, checked like --check does, and renamed into place only when valid.
+    """
+
+    SECTION = Section("submit")
+
+    scores: Path | None = option(None, "Score folder of the system (asdtool detect or ensemble) holding anomaly_score_<machine>_section_NN_test.csv and _train.csv of every eval section.", recipe=False)
+    data_root: Path = option(help="Eval data root: the <machine>/test clips the submission must score, each exactly once.", recipe=False)
+    out: Path | None = option(None, "Submission folder to write, named by its label: submission/<label>.", recipe=False)
+    label: str | None = option(None, "Submission label, Lastname_Institute_task2_N. (default: the --out folder's name, which it must equal)")
+    decision_quantile: float = option(0.9, "Gamma quantile of the decision threshold (the organisers' decision_threshold).")
+    meta_params: Path | None = option(None, "YAML of the meta file's own values, shaped like it: submission: (name, abbreviation, authors) and system: (description, complexity, source_code). Values left out are written as empty strings.", recipe=False)
+    dev_metrics: Path | None = option(None, "Dev-set metrics JSON of the same system (asdtool evaluate --out): the results: section of the meta file.", recipe=False)
+    check: Path | None = option(None, "Check this submission folder against --data-root instead of writing one (give no --scores or --out).", recipe=False)
+    force: bool = option(False, "Replace an existing --out (a folder of submission files only).", recipe=False)
+
+    def validate(self) -> None:
+        if self.check is not None:
+            if self.scores is not None or self.out is not None:
+                raise AsdError("--check reads an existing submission folder; give it without --scores and --out")
+        elif self.scores is None or self.out is None:
+            raise AsdError("give --scores and --out to write a submission, or --check FOLDER to check one")
         if not 0.0 < self.decision_quantile < 1.0:
             raise AsdError(f"--decision-quantile must lie in (0, 1), got {self.decision_quantile}")
 

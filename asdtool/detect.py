@@ -390,22 +390,42 @@ def detect_store(
         train, test = store.get(machine, "train"), store.get(machine, "test")
         if train is None or not len(train):
             raise AsdError(f"machine type {machine} has no training embeddings", store.path)
-        try:
-            train_scores, test_scores, info = detect_machine(
-                train, test, k, smote_ratio, smote_k, seed, normalise, density_k
-            )
-        except AsdError as exc:
-            raise AsdError(f"{machine}: {exc.problem}", store.path) from None
-        info.machine = machine
-        out.machines[machine] = info
+        train_sections = np.array(_sections(train, machine, "train", store.path))
+        test_sections = np.array(_sections(test, machine, "test", store.path)) if test is not None else np.array([])
+        untrained = sorted(set(test_sections.tolist()) - set(train_sections.tolist()))
+        if untrained:
+            raise AsdError(f"{machine}: section(s) {', '.join(untrained)} have test clips but no training clips", store.path)
+        train_scores = np.zeros(len(train), dtype=np.float64)
+        test_scores = np.zeros(0 if test is None else len(test), dtype=np.float64)
+        # each section is its own detector: its training clips are the memory bank of its test clips
+        for section in sorted(set(train_sections.tolist())):
+            tr, te = np.flatnonzero(train_sections == section), np.flatnonzero(test_sections == section)
+            where = machine if section == "00" and len(set(train_sections.tolist())) == 1 else f"{machine} section {section}"
+            try:
+                sec_train, sec_test, info = detect_machine(
+                    train.subset(tr), test.subset(te) if len(te) else None, k, smote_ratio, smote_k, seed,
+                    normalise, density_k,
+                )  # fmt: skip
+            except AsdError as exc:
+                raise AsdError(f"{where}: {exc.problem}", store.path) from None
+            train_scores[tr] = sec_train
+            if sec_test is not None:
+                test_scores[te] = sec_test
+            info.machine = machine if where == machine else f"{machine}/section_{section}"
+            out.machines[info.machine] = info
         out.scores[(machine, "train")] = train.with_values(train_scores)
         if test is not None:
-            out.scores[(machine, "test")] = test.with_values(
-                test_scores if test_scores is not None else np.zeros(0, dtype=np.float64)
-            )
+            out.scores[(machine, "test")] = test.with_values(test_scores)
     # keep the store's group order
     out.scores = {key: out.scores[key] for key in store.groups if key in out.scores}
     return out
+
+
+def _sections(group: Group, machine: str, split: str, path) -> list[str]:
+    try:
+        return group.sections
+    except ValueError as exc:
+        raise AsdError(f"/{machine}/{split}: {exc}", path) from None
 
 
 def detect_to_folder(
@@ -439,11 +459,8 @@ def detect_to_folder(
                           density_k=density_k)  # fmt: skip
     rows: dict[tuple[str, str, str], dict[str, float]] = {}
     for (machine, split), group in result.scores.items():
-        for name, score in zip(group.file_names, group.values.tolist()):
-            try:
-                section = dcase.parse_name(name).section
-            except ValueError as exc:
-                raise AsdError(f"/{machine}/{split}: clip {name}: {exc}", embeddings) from None
+        for name, section, score in zip(group.file_names, _sections(group, machine, split, embeddings),
+                                        group.values.tolist()):  # fmt: skip
             rows.setdefault((machine, section, split), {})[name] = score
     meta = stores.StoreMeta(
         model=emb.meta.model, checkpoint_sha256=emb.meta.checkpoint_sha256, clips_sha256=emb.meta.clips_sha256

@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from asdtool.atomic import atomic_path
 from asdtool.data import dcase
+from asdtool.data.layouts import section_of
 from asdtool.errors import AsdError, few
 
 MAX_FPR = 0.1
@@ -33,6 +34,9 @@ DECISION_QUANTILE = 0.9
 SCORE_FILE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d{2})_(?P<split>test|train)\.csv$")
 DECISION_FILE = re.compile(r"^decision_result_(?P<machine>.+)_section_(?P<section>\d{2})_test\.csv$")
 _GT_FILE = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d{2})_test\.csv$")
+# DCASE 2021: one file per section and domain
+_GT_DOMAIN_FILE = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d{2})_(?P<domain>source|target)_test\.csv$")
+EVAL_LIST_2020 = "eval_data_list.csv"  # DCASE 2020: one list of every eval clip, machine type by machine type
 
 
 # --- submission files -------------------------------------------------------------------------
@@ -151,15 +155,20 @@ def _read_truth_csv(path: Path, allowed: set[str]) -> dict[str, int]:
 
 
 def truth_from_folder(folder: str | Path) -> list[SectionTruth]:
-    """Return the ground truth of the organisers' evaluator layout.
+    """Return the ground truth of the organisers' evaluator layout, any year.
 
-    `folder` holds ground_truth_data/ (file_name,label), ground_truth_domain/ (file_name,domain) and,
-    where eval clips were renamed, ground_truth_attributes/ (eval name, renamed stem, name with attributes).
+    2022 on: `folder` holds ground_truth_data/ (file_name,label), ground_truth_domain/ (file_name,domain)
+    and, where eval clips were renamed, ground_truth_attributes/ (eval name, renamed stem, name with
+    attributes). 2021: ground_truth_data/ holds one file per section and domain. 2020: eval_data_list.csv.
     """
     folder = Path(folder)
     data_dir, domain_dir, attr_dir = (folder / n for n in ("ground_truth_data", "ground_truth_domain", "ground_truth_attributes"))
+    if not data_dir.is_dir() and (folder / EVAL_LIST_2020).is_file():
+        return _truth_from_eval_list(folder / EVAL_LIST_2020)
     if not data_dir.is_dir():
-        raise AsdError("ground-truth folder has no ground_truth_data/ folder", folder)
+        raise AsdError(f"ground-truth folder has no ground_truth_data/ folder (nor a 2020 {EVAL_LIST_2020})", folder)
+    if any(_GT_DOMAIN_FILE.match(p.name) for p in data_dir.iterdir()):
+        return _truth_by_domain_files(data_dir)
     if not domain_dir.is_dir():
         raise AsdError("ground-truth folder has no ground_truth_domain/ folder", folder)
     out: list[SectionTruth] = []
@@ -188,6 +197,51 @@ def truth_from_folder(folder: str | Path) -> list[SectionTruth]:
     return out
 
 
+def _truth_by_domain_files(data_dir: Path) -> list[SectionTruth]:
+    """DCASE 2021: ground_truth_<machine>_section_NN_<source|target>_test.csv, rows file_name,label."""
+    sections: dict[tuple[str, str], SectionTruth] = {}
+    for path in sorted(data_dir.iterdir()):
+        m = _GT_DOMAIN_FILE.match(path.name)
+        if not m:
+            continue
+        key = (m["machine"], m["section"])
+        truth = sections.setdefault(key, SectionTruth(*key, {}, {}, source=str(data_dir)))
+        for name, label in _read_truth_csv(path, {"0", "1"}).items():
+            if name in truth.label:
+                raise AsdError(f"clip {name} is listed in both domains' files", path)
+            truth.label[name] = label
+            truth.domain[name] = 0 if m["domain"] == "source" else 1
+    return list(sections.values())
+
+
+def _truth_from_eval_list(path: Path) -> list[SectionTruth]:
+    """DCASE 2020: a machine-type line, then eval_name,renamed_name,label rows; the machine ID is the section."""
+    sections: dict[tuple[str, str], SectionTruth] = {}
+    machine = None
+    for line_no, row in enumerate(dcase.read_csv_rows(path, "2020 eval list"), start=1):
+        if not row or not any(row):
+            continue
+        if len(row) == 1:
+            machine = row[0].strip()
+            continue
+        if machine is None or len(row) < 3 or row[2].strip() not in ("0", "1"):
+            raise AsdError(f"line {line_no} is not a machine-type line or eval_name,renamed_name,0|1", path)
+        name = row[0].strip()
+        try:
+            section = section_of(name)
+        except ValueError as exc:
+            raise AsdError(f"line {line_no}: {exc}", path) from None
+        truth = sections.setdefault((machine, section), SectionTruth(machine, section, {}, {}, source=str(path)))
+        if name in truth.label:
+            raise AsdError(f"clip {name} is listed twice", path)
+        truth.label[name], truth.domain[name] = int(row[2]), 0
+        renamed = row[1].strip()
+        truth.aliases[renamed if renamed.endswith(".wav") else f"{renamed}.wav"] = name
+    if not sections:
+        raise AsdError("lists no eval clips", path)
+    return list(sections.values())
+
+
 # --- metrics ----------------------------------------------------------------------------------
 
 
@@ -196,7 +250,7 @@ class SectionResult:
     machine: str
     section: str
     auc_source: float
-    auc_target: float
+    auc_target: float | None  # None: the section has no target-domain clips (DCASE 2020)
     pauc: float
 
 
@@ -223,13 +277,20 @@ def align_scores(truth: SectionTruth, scores: Mapping[str, float], path: str | P
     return np.array([by_truth[n] for n in truth.label], dtype=np.float64)
 
 
-def section_metrics(y_true: np.ndarray, y_score: np.ndarray, domain: np.ndarray) -> tuple[float, float, float]:
-    """Return (AUC source, AUC target, pAUC) of one section, as the official evaluator computes them."""
+def section_metrics(y_true: np.ndarray, y_score: np.ndarray, domain: np.ndarray) -> tuple[float, float | None, float]:
+    """Return (AUC source, AUC target, pAUC) of one section, as the official evaluator computes them.
+
+    A section without target-domain clips (DCASE 2020 has no domains; its clips count as source) has
+    AUC target None, and the means leave it out: 2020's figures are AUC and pAUC per machine ID.
+    """
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=np.float64)
     domain = np.asarray(domain)
     out = []
     for d in (0, 1):
+        if d == 1 and not np.any(domain == 1):
+            out.append(None)
+            continue
         keep = (domain == d) | (y_true != 0)
         out.append(_auc(y_true[keep], y_score[keep]))
     out.append(_auc(y_true, y_score, max_fpr=MAX_FPR))
@@ -308,15 +369,16 @@ def summarize(results: Sequence[SectionResult]) -> dict:
     if not results:
         raise AsdError("nothing to summarise: no sections were evaluated")
     auc_s = [r.auc_source for r in results]
-    auc_t = [r.auc_target for r in results]
+    auc_t = [r.auc_target for r in results if r.auc_target is not None]  # none for sections without domains
     pauc = [r.pauc for r in results]
-    machines: dict[str, dict[str, float]] = {}
+    machines: dict[str, dict[str, float | None]] = {}
     for machine in dict.fromkeys(r.machine for r in results):
         rs = [r for r in results if r.machine == machine]
-        values = [r.auc_source for r in rs] + [r.auc_target for r in rs] + [r.pauc for r in rs]
+        targets = [r.auc_target for r in rs if r.auc_target is not None]
+        values = [r.auc_source for r in rs] + targets + [r.pauc for r in rs]
         machines[machine] = {
             "auc_source": float(np.mean([r.auc_source for r in rs])),
-            "auc_target": float(np.mean([r.auc_target for r in rs])),
+            "auc_target": float(np.mean(targets)) if targets else None,
             "pauc": float(np.mean([r.pauc for r in rs])),
             "hmean": hmean(values),
         }
@@ -325,7 +387,7 @@ def summarize(results: Sequence[SectionResult]) -> dict:
         "official_score": hmean(all_values),
         "arithmetic_mean": float(np.mean(all_values)),
         "hmean_auc_source": hmean(auc_s),
-        "hmean_auc_target": hmean(auc_t),
+        "hmean_auc_target": hmean(auc_t) if auc_t else None,
         "hmean_pauc": hmean(pauc),
         "machines": machines,
     }

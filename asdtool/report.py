@@ -36,6 +36,11 @@ def _machines(results: dict[str, dict]) -> list[str]:
     return machines
 
 
+def percent(value: float | None, style: str = "") -> str:
+    """Return a fraction as a percentage with two decimals ("-" for a figure that does not exist)."""
+    return "-" if value is None else f"{style}{100 * value:.2f}"
+
+
 def single_model_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     """Return (header, rows): per model the hmean of each machine type and the official score, in percent."""
     machines = _machines(results)
@@ -56,7 +61,7 @@ def system_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
                 values = [results[s][_TOTALS[key]] for s in results]
             else:
                 values = [results[s]["machines"][m][key] for s in results]
-            rows.append([m, label, *(f"{100 * v:.2f}" for v in values)])
+            rows.append([m, label, *(percent(v) for v in values)])
     return header, rows
 
 

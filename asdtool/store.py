@@ -96,6 +96,18 @@ class Group:
     def __len__(self) -> int:
         return len(self.file_names)
 
+    @property
+    def sections(self) -> list[str]:
+        """The section (2020: machine ID) of each clip, read from its file name (every layout starts with it)."""
+        from asdtool.data.layouts import section_of
+
+        return [section_of(n) for n in self.file_names]
+
+    def subset(self, index: np.ndarray) -> "Group":
+        """Return the clips at `index` (in that order) with their values."""
+        return Group([self.file_names[i] for i in index], self.domain[index], self.label[index],
+                     [self.attributes[i] for i in index], self.values[index])  # fmt: skip
+
     @classmethod
     def from_clips(cls, clips: Sequence[dcase.Clip], values: np.ndarray) -> "Group":
         """Return the group of `clips` (in that order) with their embeddings or scores."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asdtool.data.audio import check_audio, fit_length, read_clip, read_clips, wav_data_extent
+from asdtool.data.audio import check_audio, fit_length, read_channels, read_clip, read_clips, wav_data_extent
 from asdtool.errors import AsdError
 
 from .conftest import write_wave
@@ -35,10 +35,25 @@ def test_wrong_sample_rate(tmp_path):
         read_clip(p)
 
 
-def test_stereo(tmp_path):
-    p = write_wave(tmp_path / "a.wav", channels=2)
-    with pytest.raises(AsdError, match="has 2 channels, expected mono"):
-        read_clip(p)
+def test_stereo_near_left_far_right(tmp_path):
+    p = tmp_path / "a.wav"
+    near, far = np.full(800, 0.25, np.float32), np.full(800, -0.5, np.float32)
+    sf.write(str(p), np.stack([near, far], axis=1), 16000, subtype="FLOAT")
+    assert read_clip(p, seconds=None).tolist() == near.tolist()  # the default: channel 0, as the organisers' baseline
+    assert read_clip(p, seconds=None, channel="right").tolist() == far.tolist()
+    assert np.allclose(read_clip(p, seconds=0.1, channel="mean")[:800], -0.125)
+    assert read_channels(p, seconds=0.1).shape == (2, 1600)
+    assert read_clips([p, p], seconds=0.05, channel="right").tolist() == [far[:800].tolist()] * 2
+
+
+def test_mono_has_no_right_channel_and_three_channels_are_refused(tmp_path):
+    mono = write_wave(tmp_path / "m.wav")
+    assert np.array_equal(read_clip(mono, channel="mean"), read_clip(mono))
+    with pytest.raises(AsdError, match=r"m\.wav: is mono: --channel right needs a stereo clip"):
+        read_clip(mono, channel="right")
+    three = write_wave(tmp_path / "t.wav", channels=3)
+    with pytest.raises(AsdError, match=r"t\.wav: has 3 channels, expected mono or stereo"):
+        read_clip(three)
 
 
 def test_corrupt_file(tmp_path):

@@ -1,4 +1,11 @@
-"""Reading clips: 16 kHz mono WAV via soundfile, validated, padded or cut to a fixed duration."""
+"""Reading clips: 16 kHz WAV via soundfile, validated, one channel picked, padded or cut to a fixed duration.
+
+Clips are mono (DCASE 2020-2025) or stereo (2026: the near microphone left, the far one right).
+`channel` picks what a mono model hears: `left` (the organisers' baseline: channel 0, the near
+microphone, which equals the earlier years' mono signal), `right` (the far microphone) or `mean`; a
+mono clip is its own left and mean, and asking for its right channel is an error. `both` (the two
+microphones as two views of one clip) is read with `read_channels`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import soundfile as sf
 from asdtool.errors import AsdError
 
 SAMPLE_RATE = 16_000
+CHANNELS = ("left", "right", "mean", "both")
 
 # WAVE format tags whose block (fmt's block align) holds exactly one frame: PCM, IEEE float,
 # A-law, mu-law and WAVE_FORMAT_EXTENSIBLE (whose sub-formats soundfile reads are all of that kind).
@@ -73,7 +81,7 @@ def _check_wav_length(path: Path) -> None:
 
 
 def check_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> sf._SoundFileInfo:
-    """Return the header of a clip after checking it is readable, complete, mono, non-empty and at `sample_rate`.
+    """Return the header of a clip after checking it is readable, complete, mono or stereo, non-empty and at `sample_rate`.
 
     Complete: a RIFF/WAVE file must hold all the audio data its header declares (libsndfile would
     quietly read what is there).
@@ -87,8 +95,8 @@ def check_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> sf._SoundFi
     _check_wav_length(path)
     if info.samplerate != sample_rate:
         raise AsdError(f"sample rate is {info.samplerate} Hz, expected {sample_rate} Hz", path)
-    if info.channels != 1:
-        raise AsdError(f"has {info.channels} channels, expected mono", path)
+    if info.channels not in (1, 2):
+        raise AsdError(f"has {info.channels} channels, expected mono or stereo (near left, far right)", path)
     if info.frames == 0:
         raise AsdError("holds no audio samples", path)
     return info
@@ -102,8 +110,8 @@ def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
     return np.concatenate([wave, pad], axis=-1)
 
 
-def read_clip(path: str | Path, seconds: float | None = 10.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Return a clip as float32 in [-1, 1], padded or cut to `seconds` (None keeps its own length).
+def read_channels(path: str | Path, seconds: float | None = 10.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Return a clip's channels as float32 [C, T] in [-1, 1] (C = 1 or 2), padded or cut to `seconds` (None keeps its length).
 
     Refused: what `check_audio` refuses, and a clip that decodes to another number of frames than
     its header declares.
@@ -111,17 +119,18 @@ def read_clip(path: str | Path, seconds: float | None = 10.0, sample_rate: int =
     path = Path(path)
     info = check_audio(path, sample_rate)
     try:
-        wave, _ = sf.read(str(path), dtype="float32", always_2d=False)
+        wave, _ = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AsdError(f"cannot decode audio ({exc.__class__.__name__})", path) from None
-    if wave.ndim != 1 or wave.size == 0:
-        raise AsdError("decoded to no mono samples", path)
+    if wave.size == 0:
+        raise AsdError("decoded to no samples", path)
     if wave.shape[0] < info.frames:
         raise AsdError(f"truncated audio: the header declares {info.frames} frames, only {wave.shape[0]} decode", path)
     if wave.shape[0] > info.frames:
         raise AsdError(f"the header declares {info.frames} frames, {wave.shape[0]} decode", path)
     if not np.all(np.isfinite(wave)):
         raise AsdError("holds non-finite samples", path)
+    wave = np.ascontiguousarray(wave.T)  # (C, T)
     if seconds is not None:
         if seconds <= 0:
             raise AsdError(f"clip duration must be positive, got {seconds}")
@@ -129,10 +138,30 @@ def read_clip(path: str | Path, seconds: float | None = 10.0, sample_rate: int =
     return wave
 
 
-def read_clips(paths: Sequence[str | Path], seconds: float = 10.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Return clips stacked as float32 [N, seconds * sample_rate]."""
+def pick_channel(channels: np.ndarray, channel: str, path: str | Path) -> np.ndarray:
+    """Return the one channel [T] a mono model hears from a clip's channels [C, T] (`left`, `right` or `mean`)."""
+    if channel == "left":
+        return channels[0]
+    if channel == "right":
+        if channels.shape[0] < 2:
+            raise AsdError("is mono: --channel right needs a stereo clip (near microphone left, far right)", path)
+        return channels[1]
+    if channel == "mean":
+        return channels[0] if channels.shape[0] == 1 else channels.mean(axis=0, dtype=np.float32)
+    raise AsdError(f"unknown channel {channel!r}; choose one of {', '.join(CHANNELS[:3])} (both reads two views)")
+
+
+def read_clip(path: str | Path, seconds: float | None = 10.0, sample_rate: int = SAMPLE_RATE,
+              channel: str = "left") -> np.ndarray:  # fmt: skip
+    """Return one channel of a clip as float32 [T] in [-1, 1], padded or cut to `seconds` (None keeps its length)."""
+    return pick_channel(read_channels(path, seconds, sample_rate), channel, path)
+
+
+def read_clips(paths: Sequence[str | Path], seconds: float = 10.0, sample_rate: int = SAMPLE_RATE,
+               channel: str = "left") -> np.ndarray:  # fmt: skip
+    """Return one channel of each clip, stacked as float32 [N, seconds * sample_rate]."""
     n = int(round(seconds * sample_rate))
     out = np.empty((len(paths), n), dtype=np.float32)
     for i, p in enumerate(paths):
-        out[i] = read_clip(p, seconds, sample_rate)
+        out[i] = read_clip(p, seconds, sample_rate, channel)
     return out

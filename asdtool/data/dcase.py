@@ -1,13 +1,16 @@
-"""DCASE 2024 Task 2 layout: clip names, attribute files, clip records and class labels.
+"""DCASE Task 2 data roots: clip records, scanning and validation, attribute files, class labels.
 
-The official layout, as the dev and eval zips extract:
+A data root holds one folder per machine type. How a machine folder's clips are named and filed
+depends on the year (2020-2026); `asdtool.data.layouts` has one reader per layout, and every one of
+them gives the same record, `Clip`, so nothing past this module knows which year a clip came from.
+The 2022-2026 layout, as the dev and eval zips extract:
 
     <root>/<machine>/train/section_00_source_train_normal_0000_<attrs>.wav
     <root>/<machine>/test/section_00_target_test_anomaly_0003_<attrs>.wav   (dev)
     <root>/<machine>/test/section_00_0003.wav                                (eval: no labels)
     <root>/<machine>/attributes_00.csv
 
-`<attrs>` is `key_value_key_value...` or `noAttribute`.
+`<attrs>` is `key_value_key_value...`, `noAttribute` or empty (a trailing underscore).
 """
 
 from __future__ import annotations
@@ -18,47 +21,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from asdtool.data.layouts import (  # noqa: F401  (re-exported: the record's vocabulary)
+    LABELS,
+    NO_ATTRIBUTE,
+    SUPPLEMENTAL,
+    UNKNOWN,
+    ClipName,
+    detect_layout,
+    parse_attributes,
+    parse_sections_name,
+    reader_for,
+)
 from asdtool.errors import AsdError, few
 
 DEV_MACHINES = ("bearing", "fan", "gearbox", "slider", "ToyCar", "ToyTrain", "valve")
-NO_ATTRIBUTE = "noAttribute"
 SPLITS = ("train", "test")
 DOMAINS = ("source", "target")
-LABELS = {"normal": 0, "anomaly": 1}
-UNKNOWN = -1
 
-_DEV_NAME = re.compile(
-    r"^section_(?P<section>\d{2})_(?P<domain>source|target)_(?P<split>train|test)_"
-    r"(?P<label>normal|anomaly)_(?P<index>\d{4})_(?P<attrs>[^/\\]+)\.wav$"
-)
-_EVAL_NAME = re.compile(r"^section_(?P<section>\d{2})_(?P<index>\d{4})\.wav$")
 _MACHINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
-
-
-@dataclass(frozen=True)
-class ClipName:
-    """The fields one clip's file name carries (eval test names carry only section and index)."""
-
-    section: str
-    index: int
-    domain: str | None = None  # "source" | "target" | None when the name does not say
-    split: str | None = None  # "train" | "test" | None for eval test names
-    label: int = UNKNOWN  # 0 normal, 1 anomaly, -1 unknown
-    attribute_string: str = ""  # the raw attribute part, e.g. "vel_6_loc_A" or "noAttribute"
-
-    @property
-    def attributes(self) -> dict[str, str]:
-        return parse_attributes(self.attribute_string)
-
-
-def parse_attributes(attrs: str) -> dict[str, str]:
-    """Return the attribute dict of an attribute string (`key_value_...`; `noAttribute` gives {})."""
-    if attrs in ("", NO_ATTRIBUTE):
-        return {}
-    parts = attrs.split("_")
-    if len(parts) % 2 or any(p == "" for p in parts):
-        raise ValueError(f"attribute part {attrs!r} is not key_value pairs")
-    return dict(zip(parts[0::2], parts[1::2]))
 
 
 def format_attributes(attributes: dict[str, str] | Sequence[tuple[str, str]]) -> str:
@@ -74,26 +54,8 @@ def format_attributes(attributes: dict[str, str] | Sequence[tuple[str, str]]) ->
 
 
 def parse_name(name: str) -> ClipName:
-    """Return the fields of a DCASE 2024 clip file name; raise ValueError when it does not parse."""
-    m = _DEV_NAME.match(name)
-    if m:
-        attrs = m["attrs"]
-        parse_attributes(attrs)  # validates the key_value structure
-        return ClipName(
-            section=m["section"],
-            index=int(m["index"]),
-            domain=m["domain"],
-            split=m["split"],
-            label=LABELS[m["label"]],
-            attribute_string=attrs,
-        )
-    m = _EVAL_NAME.match(name)
-    if m:
-        return ClipName(section=m["section"], index=int(m["index"]))
-    raise ValueError(
-        "file name does not parse as section_NN_{source|target}_{train|test}_{normal|anomaly}_NNNN_<attrs>.wav "
-        "or section_NN_NNNN.wav"
-    )
+    """Return the fields of a 2022-2026 clip file name; raise ValueError when it does not parse."""
+    return parse_sections_name(name)
 
 
 def format_name(
@@ -138,8 +100,9 @@ class Clip:
 
     @property
     def class_key(self) -> str:
-        """The training class: machine type plus attribute combination (`noAttribute` is one class)."""
-        return f"{self.machine}/{self.attribute_string or NO_ATTRIBUTE}"
+        """The training class: machine type, section (when not 00) and attribute combination (`noAttribute` is one class)."""
+        section = "" if self.section == "00" else f"section_{self.section}/"
+        return f"{self.machine}/{section}{self.attribute_string or NO_ATTRIBUTE}"
 
 
 @dataclass
@@ -201,31 +164,39 @@ def _why_no_clips(folder: Path) -> str:
     return ", ".join(f"{split}/ {words[state]}" for split, state in zip(SPLITS, states))
 
 
-def scan_machine(root: str | Path, machine: str) -> list[Clip]:
-    """Return every clip of one machine folder, validated against its name rules and attributes_00.csv."""
+def scan_machine(root: str | Path, machine: str, grammar: str = "sections", supplemental: bool = False) -> list[Clip]:
+    """Return every clip of one machine folder, read by its layout's reader and validated (names, folders, attributes_NN.csv).
+
+    `supplemental`: also read 2025's `supplemental/` clips (split "supplemental"); otherwise that folder is ignored.
+    """
     folder = Path(root) / machine
     if not _MACHINE.match(machine):
         raise AsdError(f"machine folder name {machine!r} is not a DCASE machine type name", folder)
     if not folder.is_dir():
         raise AsdError("machine folder does not exist", folder)
+    reader = reader_for(grammar)
+    wanted = [f for f in reader.folders if f != SUPPLEMENTAL or supplemental]
     listing = {
-        split: sorted(p for p in (folder / split).iterdir() if p.suffix.lower() == ".wav")
-        for split in SPLITS
-        if (folder / split).is_dir()
+        sub: sorted(p for p in (folder / sub).iterdir() if p.suffix.lower() == ".wav")
+        for sub in wanted
+        if (folder / sub).is_dir()
     }
-    if not any(listing.values()):
+    if not any(wavs for sub, wavs in listing.items() if sub != SUPPLEMENTAL):
         raise AsdError(f"machine folder holds no clips ({_why_no_clips(folder)})", folder)
     clips: list[Clip] = []
-    for split, wavs in listing.items():
+    for sub, wavs in listing.items():
         if not wavs:
-            raise AsdError("folder holds no .wav files", folder / split)
+            raise AsdError("folder holds no .wav files", folder / sub)
+        split = reader.split_of(sub)
         for path in wavs:
             try:
-                name = parse_name(path.name)
+                name = reader.parse(path.name, split)
             except ValueError as exc:
                 raise AsdError(str(exc), path) from None
             if name.split is not None and name.split != split:
-                raise AsdError(f"a {name.split} clip lies in the {split}/ folder", path)
+                raise AsdError(f"a {name.split} clip lies in the {sub}/ folder", path)
+            if sub.endswith("_test") and name.domain != sub.split("_")[0]:
+                raise AsdError(f"a {name.domain} clip lies in the {sub}/ folder", path)
             if split == "train" and name.split is None:
                 raise AsdError("training clip names must carry domain, label and attributes", path)
             clips.append(
@@ -240,7 +211,15 @@ def scan_machine(root: str | Path, machine: str) -> list[Clip]:
                     attributes=name.attributes,
                 )
             )
-    check_attribute_csv(folder, clips)
+    if "train" not in listing:
+        sections = sorted({c.section for c in clips})
+        raise AsdError(f"no train/ folder: section(s) {', '.join(sections)} have no training clips", folder)
+    trained = {c.section for c in clips if c.split == "train"}
+    untrained = sorted({c.section for c in clips} - trained)
+    if untrained:
+        raise AsdError(f"section(s) {', '.join(untrained)} have test clips but no training clips", folder)
+    if grammar == "sections":
+        check_attribute_csv(folder, clips)
     return clips
 
 
@@ -310,8 +289,13 @@ def check_attribute_csv(folder: Path, clips: Sequence[Clip]) -> None:
             raise AsdError(f"does not list {len(missing)} training clip(s): {few(missing)}", csv_path)
 
 
-def scan(root: str | Path, machines: Sequence[str] | None = None) -> Dataset:
-    """Return the validated dataset under `root` (all machine folders, or the named ones)."""
+def scan(root: str | Path, machines: Sequence[str] | None = None, layout: str = "auto",
+         mixed_layouts: bool = False, supplemental: bool = False) -> Dataset:  # fmt: skip
+    """Return the validated dataset under `root` (all machine folders, or the named ones).
+
+    `layout`: "auto" finds each machine folder's reader from its clips (a root mixing layouts is refused
+    unless `mixed_layouts`); a year 2020..2026 reads every folder with that year's reader.
+    """
     root = Path(root)
     available = find_machines(root)
     if machines:
@@ -319,5 +303,10 @@ def scan(root: str | Path, machines: Sequence[str] | None = None) -> Dataset:
         if unknown:
             raise AsdError(f"no machine folder named {few(unknown)} (found {', '.join(available)})", root)
         available = list(machines)
-    clips = [c for m in available for c in scan_machine(root, m)]
+    if layout == "auto":
+        grammars = detect_layout(root, available, mixed_layouts)
+    else:
+        grammar = reader_for(layout).grammar
+        grammars = {m: grammar for m in available}
+    clips = [c for m in available for c in scan_machine(root, m, grammars[m], supplemental)]
     return Dataset(root=root, clips=clips)

@@ -19,7 +19,8 @@ faults, at levels tuned so that a log-mel 1-NN detector (`asdtool.baseline.evalu
 well above chance and well below perfect.
 
 Every clip draws from its own numpy Generator, seeded by (seed, machine, split, domain, label,
-index), so the same seed gives byte-identical files whatever the generation order.
+index), so the same seed gives byte-identical files whatever the generation order. The other DCASE
+layouts (`asdtool.data.synth_layouts`) extend that seed with their year, dataset and section.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import lfilter
+from scipy.signal import lfilter, resample_poly
 
 from asdtool.atomic import current_umask, replace_dir
 from asdtool.data.audio import SAMPLE_RATE
@@ -626,7 +628,7 @@ def plan_clips(machine: str, sizes: SynthSizes) -> list[PlannedClip]:
     return clips
 
 
-def _clip_rng(seed: int, clip: PlannedClip) -> np.random.Generator:
+def _clip_rng(seed: int, clip: PlannedClip, extra: Sequence[int] = ()) -> np.random.Generator:
     key = [
         seed,
         DEV_MACHINES.index(clip.machine),
@@ -635,7 +637,7 @@ def _clip_rng(seed: int, clip: PlannedClip) -> np.random.Generator:
         clip.label,
         clip.index,
     ]
-    return np.random.default_rng(np.random.SeedSequence(key))
+    return np.random.default_rng(np.random.SeedSequence(key + [int(k) for k in extra]))
 
 
 def render_clip(clip: PlannedClip, seed: int, seconds: float, hall: bool = True) -> np.ndarray:
@@ -643,14 +645,37 @@ def render_clip(clip: PlannedClip, seed: int, seconds: float, hall: bool = True)
 
     `hall=False` leaves out the factory noise of the domain's hall: the machine alone, as recorded.
     """
+    machine, noise = render_parts(clip, seed, seconds, hall=hall)
+    return to_pcm16(machine if noise is None else machine + noise)
+
+
+def render_parts(
+    clip: PlannedClip, seed: int, seconds: float, *, hall: bool = True, key: Sequence[int] = (), speed: float = 1.0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return (machine, hall noise) of one clip as float samples, before mixing and limiting (noise None without hall).
+
+    `key` extends the clip's seed (the other DCASE layouts add their year, dataset and section, so that
+    their clips never repeat the embedded default's); `speed` runs the machine that many times faster:
+    rendered over speed x the samples and resampled back, every tone, resonance and event rate scales.
+    With the defaults this is exactly what `render_clip` mixes.
+    """
     spec = MACHINES[clip.machine]
-    rng = _clip_rng(seed, clip)
+    rng = _clip_rng(seed, clip, key)
     n = int(round(seconds * SAMPLE_RATE))
     sev = spec.level * rng.uniform(0.5, 1.5) if clip.fault else 0.0
-    x = spec.render(rng, n, clip.attributes, clip.fault, sev)
+    if speed == 1.0:
+        x = spec.render(rng, n, clip.attributes, clip.fault, sev)
+    else:
+        ratio = Fraction(speed).limit_denominator(100)  # the machine's samples per output sample
+        rendered = spec.render(rng, -(-n * ratio.numerator // ratio.denominator), clip.attributes, clip.fault, sev)
+        x = resample_poly(rendered, ratio.denominator, ratio.numerator)[:n]  # its anti-alias filter keeps 8 kHz clean
+        x = np.pad(x, (0, n - len(x)))
     x = spec.gain * 10 ** (rng.normal(0, 1.0) / 20) * x
-    if hall:
-        x = x + _background(rng, n, clip.domain)
+    return x, (_background(rng, n, clip.domain) if hall else None)
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Return float samples as int16 after the soft limiter (how every clip is written)."""
     return np.round(_limit(x) * 32767.0).astype(np.int16)
 
 
@@ -773,6 +798,8 @@ gate = _gate
 gate_edges = _gate_edges
 soft_limit = _limit
 NYQUIST_GUARD = _NYQUIST_GUARD
+clip_rng = _clip_rng  # a clip's Generator: (seed, clip identity) plus an optional key extension
+hall_noise = _background  # the factory noise of a domain's hall, alone
 
 # the dev machines' fixed signatures, which a generator of other sounds must stay away from
 FAN_MODELS = _FAN_MODELS  # fan model -> (blade count, rotation Hz, flow-noise centre Hz)
