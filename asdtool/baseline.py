@@ -71,40 +71,42 @@ def score_dataset(
     method: str = "logmel-mean",
     settings: TrainSettings | None = None,
     on_epoch: Callable[[str, EpochLog], None] | None = None,
+    channel: str = "left",
 ) -> Scores:
     """Return {machine: {"train"|"test": {file_name: score}}} of one method (see the module docstring).
 
-    `progress(1)` is called per clip read; `settings` (the organisers' by default) and
-    `on_epoch(machine, log)` concern the autoencoder only.
+    The 1-NN methods score each section against its own training clips. `progress(1)` is called per
+    clip read; `settings` (the organisers' by default) and `on_epoch(machine, log)` concern the
+    autoencoder only; `channel` is the channel of stereo clips.
     """
     _check_method(method)
     if method == "autoencoder":
-        return _score_autoencoder(dataset, seconds, progress, settings, on_epoch)
+        return _score_autoencoder(dataset, seconds, progress, settings, on_epoch, channel)
     features, dim = _CLIP_FEATURES[method]
     out: Scores = {}
     for machine in dataset.machines:
-        feats = {}
-        for split in dcase.SPLITS:
-            clips = dataset.select(machine, split)
-            rows = []
-            for clip in clips:
-                rows.append(features(read_clip(clip.path, seconds)))
-                if progress:
-                    progress(1)
-            feats[split] = (clips, np.stack(rows) if rows else np.zeros((0, dim), np.float32))
-        train_clips, train = feats["train"]
-        test_clips, test = feats["test"]
-        leave_one_out = [[i] for i in range(len(train))]
-        train_scores = nearest_cosine_distance(train, train, excluded=leave_one_out, dtype=np.float32)
-        test_scores = nearest_cosine_distance(train, test, dtype=np.float32) if len(test_clips) else []
-        out[machine] = {
-            "train": dict(zip((c.file_name for c in train_clips), np.asarray(train_scores).tolist())),
-            "test": dict(zip((c.file_name for c in test_clips), np.asarray(test_scores).tolist())),
-        }
+        out[machine] = {"train": {}, "test": {}}
+        for section in sorted({c.section for c in dataset.select(machine)}):
+            feats = {}
+            for split in dcase.SPLITS:
+                clips = [c for c in dataset.select(machine, split) if c.section == section]
+                rows = []
+                for clip in clips:
+                    rows.append(features(read_clip(clip.path, seconds, channel=channel)))
+                    if progress:
+                        progress(1)
+                feats[split] = (clips, np.stack(rows) if rows else np.zeros((0, dim), np.float32))
+            train_clips, train = feats["train"]
+            test_clips, test = feats["test"]
+            leave_one_out = [[i] for i in range(len(train))]
+            train_scores = nearest_cosine_distance(train, train, excluded=leave_one_out, dtype=np.float32)
+            test_scores = nearest_cosine_distance(train, test, dtype=np.float32) if len(test_clips) else []
+            out[machine]["train"].update(zip((c.file_name for c in train_clips), np.asarray(train_scores).tolist()))
+            out[machine]["test"].update(zip((c.file_name for c in test_clips), np.asarray(test_scores).tolist()))
     return out
 
 
-def _score_autoencoder(dataset, seconds, progress, settings, on_epoch) -> Scores:
+def _score_autoencoder(dataset, seconds, progress, settings, on_epoch, channel="left") -> Scores:
     """Train one autoencoder per machine type on its normal training clips; score every clip with it."""
     from asdtool import autoencoder
 
@@ -115,7 +117,7 @@ def _score_autoencoder(dataset, seconds, progress, settings, on_epoch) -> Scores
         for split in dcase.SPLITS:
             vectors[split] = []
             for clip in dataset.select(machine, split):
-                wave = read_clip(clip.path, seconds)
+                wave = read_clip(clip.path, seconds, channel=channel)
                 vectors[split].append((clip, autoencoder.clip_vectors(wave, SAMPLE_RATE, clip.path)))
                 if progress:
                     progress(1)
@@ -131,10 +133,11 @@ def _score_autoencoder(dataset, seconds, progress, settings, on_epoch) -> Scores
     return out
 
 
-def evaluate_baseline(root, machines=None, seconds: float | None = None, method: str = "logmel-mean") -> dict:
+def evaluate_baseline(root, machines=None, seconds: float | None = None, method: str = "logmel-mean",
+                      reading: dcase.Reading = dcase.Reading(), channel: str = "left") -> dict:  # fmt: skip
     """Return the official metrics (metrics.json shape) of a reference detector on a labelled dev layout."""
-    dataset = dcase.scan(root, machines)
-    scores = score_dataset(dataset, seconds, method=method)
+    dataset = dcase.scan(root, machines, reading)
+    scores = score_dataset(dataset, seconds, method=method, channel=channel)
     test_scores = {m: s["test"] for m, s in scores.items()}
     return metrics.summarize(metrics.evaluate_scores(metrics.truth_from_dataset(dataset), test_scores))
 
@@ -148,6 +151,8 @@ def baseline_to_folder(
     method: str = "logmel-mean",
     settings: TrainSettings | None = None,
     on_epoch: Callable[[str, EpochLog], None] | None = None,
+    reading: dcase.Reading = dcase.Reading(),
+    channel: str = "left",
 ) -> Scores:
     """Score every clip of a data root with one reference detector and write the score folder `out`.
 
@@ -158,10 +163,10 @@ def baseline_to_folder(
 
     _check_method(method)
     check_score_folder(out)
-    dataset = dcase.scan(data_root, machines or None)
+    dataset = dcase.scan(data_root, machines or None, reading)
     total = len(dataset.clips)
     scores = score_dataset(dataset, seconds, progress=(lambda n: progress(n, total)) if progress else None,
-                           method=method, settings=settings, on_epoch=on_epoch)  # fmt: skip
+                           method=method, settings=settings, on_epoch=on_epoch, channel=channel)  # fmt: skip
     rows: dict[tuple[str, str, str], dict[str, float]] = {}
     for machine, by_split in scores.items():
         for split, by_clip in by_split.items():

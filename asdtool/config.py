@@ -51,7 +51,10 @@ class Section:
 
 
 def fields(cls) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(cls))
+    """Return a config's fields, its own first and then those it inherits (shared option groups such as ReadsData)."""
+    own = getattr(cls, "__annotations__", {}) if "__annotations__" in vars(cls) else {}
+    every = list(dataclasses.fields(cls))
+    return [f for f in every if f.name in own] + [f for f in every if f.name not in own]
 
 
 def flag_name(f: dataclasses.Field) -> str:
@@ -197,6 +200,27 @@ def _check_seed(cfg) -> None:
 
 # ----------------------------------------------------------------------------- the stages
 
+@dataclass(kw_only=True)
+class ReadsData:
+    """The options of every stage that reads a DCASE data root: which layout's reader reads it."""
+
+    layout: str = option("auto", "DCASE layout of the data root: auto (each machine folder's own, found from its clips) or a year.", choices=("auto", *LAYOUT_YEARS), recipe=False)
+    mixed_layouts: bool = option(False, "Read a data root whose machine folders follow different years' layouts, each with its own reader (refused otherwise).", recipe=False)
+
+    @property
+    def reading(self):
+        """The `asdtool.data.dcase.Reading` of these options."""
+        from asdtool.data.dcase import Reading
+
+        return Reading(self.layout, self.mixed_layouts, bool(getattr(self, "supplemental", False)))
+
+
+CHANNEL_HELP = "Channel of stereo clips (DCASE 2026: near microphone left, far right): left (the organisers' baseline), right or mean of both; a mono clip is its own left and mean."
+VIEWS_HELP = " both: the two microphones as two views of a clip (two training examples; the mean of their embeddings)."
+CHANNELS = ("left", "right", "mean")  # one channel: what the reference detectors and pre-training read
+VIEW_CHANNELS = (*CHANNELS, "both")  # the models also take both microphones as two views of a clip
+
+
 BACKBONES = ("beats", "eat", "dual")
 SIZES = ("tiny", "base")
 SCHEDULERS = ("warmup-linear", "cosine-restarts", "constant")
@@ -286,6 +310,7 @@ class PretrainConfig:
     warmup: int = option(100, "Warm-up steps.")
     weight_decay: float = option(0.05, "AdamW weight decay.")
     seconds: float = option(2.0, "Length of the random crop taken from each clip at each step (clips shorter are padded).")
+    channel: str = option("left", CHANNEL_HELP, choices=CHANNELS)
     mask_ratio: float | None = option(None, "Share of patches masked. (default: the paper's, EAT 0.8, BEATs 0.75)")
     clones: int | None = option(None, "EAT: masked copies of each clip per step (the paper: 16). (default: 16)")
     ema_decay: float | None = option(None, "EAT: EMA teacher decay at the start. (default: the paper's)")
@@ -324,7 +349,7 @@ class PretrainConfig:
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig:
+class FinetuneConfig(ReadsData):
     """asdtool finetune: Fine-tune BEATs, EAT or both (Dual) by classifying machine attributes with ArcFace.
 
     Every knob of a run; the paper's recipes are values of these fields (params-dcase2024.yaml).
@@ -341,6 +366,8 @@ class FinetuneConfig:
     lora_rank: int = option(0, "LoRA rank on attention q/v/out (64 in the paper); 0 = full fine-tuning.")
     lora_alpha: float | None = option(None, "LoRA alpha (scaling alpha/r). (default: the rank)")
     labels: str = option("attributes", "Classes: attributes (machine type x attribute set) or pseudo (--pseudo-labels for types without attributes).", choices=LABELS)
+    channel: str = option("left", CHANNEL_HELP + VIEWS_HELP, choices=VIEW_CHANNELS)
+    supplemental: bool = option(False, "Also train on DCASE 2025's supplemental/ clips (machine alone, noise alone), each kind its own class per machine type.")
     pseudo_labels: str | None = option(None, "file_name,machine,pseudo_label CSV from asdtool pseudolabel.")
     steps: int = option(100, "Optimiser steps (10,000 full / 50,000 LoRA in the paper).")
     batch_size: int = option(8, "Clips per micro-batch, over all processes (32 in the paper).")
@@ -404,7 +431,7 @@ class FinetuneConfig:
 
 
 @dataclass(kw_only=True)
-class PseudolabelConfig:
+class PseudolabelConfig(ReadsData):
     """asdtool pseudolabel: Cluster the embeddings of machine types without attributes into pseudo attribute classes (AHC, UMAP plots)."""
 
     SECTION = Section("pseudolabel", named=True)
@@ -421,6 +448,7 @@ class PseudolabelConfig:
     batch_size: int = option(16, "Clips per embedding batch.", recipe=False)
     device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
     seed: int = option(0, "Seed of the UMAP layout (the clustering itself is deterministic).")
+    attribute_truth: Path | None = option(None, "Score the clusters (adjusted Rand index) against the organisers' hidden attributes: a folder of <machine>/attributes_NN_{train,test}_correspondence.csv (their baseline's datasets/ground_truth_attributes/<year>/dev_data). (default: <data root>/hidden_attributes.csv when it exists)", recipe=False)
 
     def validate(self) -> None:
         _at_least(self, 1, "batch_size")
@@ -429,7 +457,7 @@ class PseudolabelConfig:
 
 
 @dataclass(kw_only=True)
-class EmbedConfig:
+class EmbedConfig(ReadsData):
     """asdtool embed: Embed every train and test clip with a fine-tuned model (or a frozen pre-trained backbone) into an HDF5 store."""
 
     SECTION = Section("embed")
@@ -448,6 +476,7 @@ class EmbedConfig:
     amp: bool = option(True, "bf16 autocast on CUDA (ignored on CPU).", recipe=False)
     seconds: float | None = option(None, "Pad or cut clips to this many seconds (default: as in training).")
     name: str | None = option(None, "Model name recorded in the store (default: the model folder's name).")
+    channel: str | None = option(None, CHANNEL_HELP + VIEWS_HELP + " (default: the model's training channel; left for the frozen model)", choices=VIEW_CHANNELS)
 
     def validate(self) -> None:
         if (self.model is None) == (self.backbone is None):
@@ -461,7 +490,7 @@ class EmbedConfig:
 
 
 @dataclass(kw_only=True)
-class DetectConfig:
+class DetectConfig(ReadsData):
     """asdtool detect: Score every clip by its cosine distance to the nearest training embedding (source + SMOTE-balanced target)."""
 
     SECTION = Section("detect")
@@ -483,7 +512,7 @@ class DetectConfig:
 
 
 @dataclass(kw_only=True)
-class BaselineConfig:
+class BaselineConfig(ReadsData):
     """asdtool baseline: Score clips with a reference detector: log-mel 1-NN cosine distance, or the DCASE organisers' autoencoder.
 
     The autoencoder options default to the organisers' settings (dcase2023_task2_baseline_ae); on the
@@ -504,6 +533,7 @@ class BaselineConfig:
     lr: float = option(1e-3, "Autoencoder: Adam learning rate.")
     validation_split: float = option(0.1, "Autoencoder: fraction of the training vectors held out for the logged validation loss.")
     seed: int = option(0, "Autoencoder: seed of the initialisation, validation split and batch order; the same seed gives byte-identical scores.")
+    channel: str = option("left", CHANNEL_HELP, choices=CHANNELS)
 
     def validate(self) -> None:
         _positive(self, "seconds", "lr")
@@ -515,7 +545,7 @@ class BaselineConfig:
 
 
 @dataclass(kw_only=True)
-class EnsembleConfig:
+class EnsembleConfig(ReadsData):
     """asdtool ensemble: Fuse score folders linearly after per-machine z-normalisation; --search grid-searches the weights."""
 
     SECTION = Section("ensemble", named=True)
@@ -544,7 +574,7 @@ class EnsembleConfig:
 
 
 @dataclass(kw_only=True)
-class EvaluateConfig:
+class EvaluateConfig(ReadsData):
     """asdtool evaluate: Compute the official DCASE Task 2 metrics (AUC source/target, pAUC, harmonic means) of a score folder."""
 
     SECTION = Section("evaluate")
@@ -567,7 +597,7 @@ class EvaluateConfig:
 
 
 @dataclass(kw_only=True)
-class SubmitConfig:
+class SubmitConfig(ReadsData):
     """asdtool submit: Write a DCASE Task 2 challenge submission folder (score and decision files of every eval section, <label>.meta.yaml), or --check one.
 
     A clip is decided anomalous when its score exceeds the --decision-quantile of a gamma distribution

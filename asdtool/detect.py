@@ -430,7 +430,7 @@ def _sections(group: Group, machine: str, split: str, path) -> list[str]:
 
 def detect_to_folder(
     embeddings: str | Path, out: str | Path, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0,
-    data_root: str | Path | None = None, normalise: str = "none", density_k: int = 2,
+    data_root: str | Path | None = None, normalise: str = "none", density_k: int = 2, reading=None,
 ) -> tuple[Store, Detection]:  # fmt: skip
     """Score every clip of an embedding store and write the score folder `out`; return (store, detection).
 
@@ -454,7 +454,7 @@ def detect_to_folder(
     check_score_folder(out)
     emb = stores.read_store(embeddings, EMBEDDINGS)
     if data_root is not None:
-        emb.check_clips(stores.clips_sha256(dcase.scan(data_root, emb.machines).clips), data_root)
+        emb.check_clips(stores.clips_sha256(dcase.scan(data_root, emb.machines, reading or dcase.Reading()).clips), data_root)
     result = detect_store(emb, k=k, smote_ratio=smote_ratio, smote_k=smote_k, seed=seed, normalise=normalise,
                           density_k=density_k)  # fmt: skip
     rows: dict[tuple[str, str, str], dict[str, float]] = {}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from asdtool.data import dcase
-from asdtool.data.audio import read_clips
+from asdtool.data.audio import read_clips, views
 from asdtool.errors import AsdError
 
 
@@ -22,8 +22,13 @@ def embed_clips(
     device: str | torch.device = "cpu",
     amp: bool = True,
     progress: Callable[[int], None] | None = None,
+    channel: str = "left",
 ) -> np.ndarray:
-    """Return float32 embeddings [N, E] of `clips` (padded or cut to `seconds`) in their order."""
+    """Return float32 embeddings [N, E] of `clips` (padded or cut to `seconds`) in their order.
+
+    `channel` of stereo clips: left, right or mean, or `both`, the mean of the left and the right
+    channel's embeddings (two views of one clip; a mono clip has only its own).
+    """
     if batch_size < 1:
         raise AsdError(f"batch size must be at least 1, got {batch_size}")
     device = torch.device(device)
@@ -33,10 +38,16 @@ def embed_clips(
     with torch.inference_mode():
         for i in range(0, len(clips), batch_size):
             chunk = clips[i : i + batch_size]
-            wave = torch.from_numpy(read_clips([c.path for c in chunk], seconds)).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                emb = model.embed(wave)
-            rows.append(emb.float().cpu().numpy())
+            if channel == "both":  # two views of a stereo clip: the mean of their embeddings (a mono clip: its own)
+                paths = [c.path for c in chunk]
+                emb = _embed_batch(model, read_clips(paths, seconds, channel="left"), device, autocast)
+                stereo = [j for j, p in enumerate(paths) if len(views(p, "both")) == 2]
+                if stereo:
+                    far = _embed_batch(model, read_clips([paths[j] for j in stereo], seconds, channel="right"), device, autocast)
+                    emb[stereo] = (emb[stereo] + far) / 2
+            else:
+                emb = _embed_batch(model, read_clips([c.path for c in chunk], seconds, channel=channel), device, autocast)
+            rows.append(emb)
             if progress:
                 progress(len(chunk))
     if not rows:
@@ -48,23 +59,30 @@ def embed_clips(
     return out
 
 
+def _embed_batch(model: nn.Module, waves: np.ndarray, device: torch.device, autocast: bool) -> np.ndarray:
+    wave = torch.from_numpy(waves).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        return model.embed(wave).float().cpu().numpy()
+
+
 def embed_to_store(
     model: Path | None, data_root: Path, out: Path, batch_size: int = 16, device: str = "cpu", amp: bool = True,
     seconds: float | None = None, name: str | None = None, progress: Callable[[int, int], None] | None = None,
-    frozen: dict | None = None,
+    frozen: dict | None = None, reading: dcase.Reading = dcase.Reading(), channel: str | None = None,
 ) -> tuple[dcase.Dataset, dict, str]:  # fmt: skip
     """Embed every train and test clip of every machine type into the HDF5 store `out`.
 
     The embedder is a fine-tuned model folder (`model`) or, with `frozen` (the keyword arguments
     of `asdtool.frozen.load_frozen`), a frozen pre-trained backbone; a frozen model's clips keep
     the length of the first training clip unless `seconds` is given.
+    `channel` of stereo clips: the model's training channel unless given (left for a frozen model).
     Returns (dataset, {(machine, split): (clips, embeddings)}, device). `progress(advance, total)` per batch.
     """
     from asdtool import store
     from asdtool.atomic import check_output
 
     check_output(out, folder=False)
-    dataset = dcase.scan(data_root)
+    dataset = dcase.scan(data_root, reading=reading)
     if frozen is not None:
         from asdtool.data.audio import check_audio
         from asdtool.frozen import load_frozen
@@ -75,12 +93,14 @@ def embed_to_store(
             info = check_audio(first)
             seconds = info.frames / info.samplerate
         default_name = f"frozen-{frozen['backbone']}"
+        channel = channel or "left"
     else:
         from asdtool.checkpoint import load_finetuned
 
         trained = load_finetuned(model, device)
         embedder, fingerprint = trained.model, trained.checkpoint_sha256
         seconds = seconds if seconds is not None else trained.config.seconds
+        channel = channel or trained.config.channel
         default_name = Path(model).name
     dev = next(embedder.parameters()).device
     total = len(dataset.clips)
@@ -90,7 +110,7 @@ def embed_to_store(
             clips = dataset.select(machine, split)
             if clips:
                 emb = embed_clips(embedder, clips, seconds, batch_size, dev, amp,
-                                  (lambda n: progress(n, total)) if progress else None)  # fmt: skip
+                                  (lambda n: progress(n, total)) if progress else None, channel)  # fmt: skip
                 groups[(machine, split)] = (clips, emb)
     meta = store.StoreMeta(
         model=name or default_name,

@@ -348,7 +348,7 @@ class EnsembleRun:
 
 def ensemble_to_folder(
     scores: Sequence[Path], out: Path, weights: Sequence[float] = (), search: bool = False,
-    data_root: Path | None = None, step: float = 0.1, top: int = 10, search_out: Path | None = None,
+    data_root: Path | None = None, step: float = 0.1, top: int = 10, search_out: Path | None = None, reading=None,
 ) -> EnsembleRun:  # fmt: skip
     """Fuse score folders (given weights, or the best of a grid search on `data_root`) into `out`."""
     import time
@@ -365,7 +365,7 @@ def ensemble_to_folder(
         check_output(search_out, folder=False)
     folders, with_train = read_score_folders(scores)
     names = [p.name for p in scores]
-    truths = metrics.truth_from_dataset(dcase.scan(data_root)) if data_root is not None else None
+    truths = metrics.truth_from_dataset(dcase.scan(data_root, reading=reading or dcase.Reading())) if data_root is not None else None
     ranked, seconds = None, 0.0
     if search:
         simplex_grid(len(folders), step)  # refuse a bad step before the work

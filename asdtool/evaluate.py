@@ -12,7 +12,7 @@ from asdtool.data import dcase
 def evaluate_folder(
     scores: Path, data_root: Path | None = None, ground_truth: Path | None = None, out: Path | None = None,
     decisions: bool = False, decisions_dir: Path | None = None, decision_quantile: float = metrics.DECISION_QUANTILE,
-    roc: Path | None = None,
+    roc: Path | None = None, reading=None,
 ) -> dict:  # fmt: skip
     """Return the official metrics of the score folder `scores` and write what was asked for.
 
@@ -32,7 +32,7 @@ def evaluate_folder(
             check_output(Path(scores) / "decision_result_x_section_00_test.csv", folder=False)
     if roc is not None:
         check_output(roc, folder=True, ours=lambda name: name.startswith("roc_") and name.endswith(".csv"))
-    truths = metrics.truth_from_dataset(dcase.scan(data_root)) if data_root else metrics.truth_from_folder(ground_truth)
+    truths = metrics.truth_from_dataset(dcase.scan(data_root, reading=reading or dcase.Reading())) if data_root else metrics.truth_from_folder(ground_truth)
     summary = metrics.summarize(metrics.evaluate_sections(truths, scores))
 
     decided: list[tuple[Path, dict[str, int]]] = []

@@ -35,7 +35,7 @@ import numpy as np
 
 from asdtool.atomic import atomic_dir, atomic_path, check_output, write_json
 from asdtool.data import dcase
-from asdtool.data.hidden import HIDDEN_ATTRIBUTES_FILE, read_hidden_attributes
+from asdtool.data.hidden import HIDDEN_ATTRIBUTES_FILE, read_correspondence_folder, read_hidden_attributes
 from asdtool.errors import AsdError
 from asdtool.vectors import l2_normalise
 
@@ -265,7 +265,7 @@ class MachineClusters:
     k: int
     k_from: str  # "given" (--clusters) | "silhouette" (best of the suggestion range)
     silhouette: float | None
-    ari: float | None  # against hidden_attributes.csv, when the data root has one
+    ari: float | None  # against the hidden attributes (hidden_attributes.csv or the organisers' files), when known
     suggestion: Suggestion | None = None
     umap: np.ndarray | None = field(default=None, repr=False)  # float32 [N, 2]
 
@@ -341,6 +341,8 @@ def pseudo_label(
     k_range: Sequence[int] = DEFAULT_K_RANGE,
     plots: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    reading: dcase.Reading = dcase.Reading(),
+    attribute_truth: str | Path | None = None,
 ) -> PseudoLabels:
     """Return pseudo labels of the training clips of every machine type without attributes.
 
@@ -361,10 +363,13 @@ def pseudo_label(
     k_range = sorted({int(k) for k in k_range})
     if not k_range or k_range[0] < 2:
         raise AsdError("the suggestion range must hold cluster counts of at least 2")
-    dataset = dcase.scan(data_root)
+    dataset = dcase.scan(data_root, reading=reading)
     plan = plan_counts(dataset, dict(counts or {}))
     hidden_path = dataset.root / HIDDEN_ATTRIBUTES_FILE
-    hidden = read_hidden_attributes(hidden_path) if hidden_path.is_file() else None
+    if attribute_truth is not None:  # the organisers' correspondence files
+        hidden = read_correspondence_folder(attribute_truth)
+    else:
+        hidden = read_hidden_attributes(hidden_path) if hidden_path.is_file() else None
     finetuned = load_finetuned(model, device)
     seconds = float(seconds if seconds is not None else finetuned.config.seconds)
     device_now = next(finetuned.model.parameters()).device
@@ -375,7 +380,7 @@ def pseudo_label(
     for machine, k in plan.items():
         emb = embed_clips(
             finetuned.model, clips[machine], seconds, batch_size, device_now,
-            progress=(lambda n: progress(n, total)) if progress else None,
+            progress=(lambda n: progress(n, total)) if progress else None, channel=finetuned.config.channel,
         )  # fmt: skip
         x = l2_normalise(emb)
         suggestion = suggest_clusters(x, k_range, linkage) if (suggest or k is None) else None
@@ -460,12 +465,14 @@ def pseudolabel_to_files(
     model: str | Path, data_root: str | Path, out: str | Path, clusters: Sequence[str] = (), plots: str | Path | None = None,
     suggest: bool = False, suggest_range: str = "2-30", linkage: str = "ward", seconds: float | None = None,
     batch_size: int = 16, device: str = "cpu", seed: int = 0, progress: Callable[[int, int], None] | None = None,
+    reading: dcase.Reading = dcase.Reading(), attribute_truth: str | Path | None = None,
 ) -> tuple[PseudoLabels, OutputPaths]:  # fmt: skip
     """Cluster, then write the labels CSV, the summary JSON and the UMAP plots; return the result and the paths."""
     counts = parse_cluster_counts(clusters)
     k_range = parse_k_range(suggest_range)
     paths = output_paths(out, plots)
     result = pseudo_label(model, data_root, counts, seconds=seconds, batch_size=batch_size, device=device, seed=seed,
-                          linkage=linkage, suggest=suggest, k_range=k_range, plots=True, progress=progress)  # fmt: skip
+                          linkage=linkage, suggest=suggest, k_range=k_range, plots=True, progress=progress,
+                          reading=reading, attribute_truth=attribute_truth)  # fmt: skip
     write_outputs(result, paths)
     return result, paths

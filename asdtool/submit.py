@@ -84,9 +84,9 @@ class Submission:
 # --- the eval root -----------------------------------------------------------------------------
 
 
-def eval_sections(data_root: str | Path) -> dict[Key, list[str]]:
+def eval_sections(data_root: str | Path, reading: dcase.Reading = dcase.Reading()) -> dict[Key, list[str]]:
     """Return {(machine, section): test-clip file names in name order} of a data root."""
-    dataset = dcase.scan(data_root)
+    dataset = dcase.scan(data_root, reading=reading)
     found: dict[Key, list[str]] = {}
     for machine in dataset.machines:
         for clip in dataset.select(machine, "test"):
@@ -263,7 +263,8 @@ def is_submission_entry(name: str) -> bool:
 
 def write_submission(scores: str | Path, data_root: str | Path, out: str | Path, label: str | None = None,
                      decision_quantile: float = metrics.DECISION_QUANTILE, meta_params: str | Path | None = None,
-                     dev_metrics: str | Path | None = None, force: bool = False) -> Submission:  # fmt: skip
+                     dev_metrics: str | Path | None = None, force: bool = False,
+                     reading: dcase.Reading = dcase.Reading()) -> Submission:  # fmt: skip
     """Return the submission written to `out`: score and decision files of every eval section and the meta file.
 
     `scores` holds `anomaly_score_<machine>_section_<ss>_{test,train}.csv` of every machine type and
@@ -281,7 +282,7 @@ def write_submission(scores: str | Path, data_root: str | Path, out: str | Path,
     check_output(out, folder=True, ours=is_submission_entry)
     if not scores.is_dir():
         raise AsdError("score folder does not exist", scores)
-    sections = eval_sections(data_root)
+    sections = eval_sections(data_root, reading)
     meta = meta_document(label, read_meta_params(meta_params) if meta_params else {},
                          read_dev_metrics(dev_metrics) if dev_metrics else None, meta_params)  # fmt: skip
 
@@ -343,12 +344,12 @@ def _bounds(scores: Mapping[str, float], decisions: Mapping[str, int]) -> tuple[
 # --- checking ----------------------------------------------------------------------------------
 
 
-def check_submission(folder: str | Path, data_root: str | Path) -> CheckResult:
+def check_submission(folder: str | Path, data_root: str | Path, reading: dcase.Reading = dcase.Reading()) -> CheckResult:
     """Return every problem of a submission folder against the test clips of `data_root` (none: valid)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AsdError("submission folder does not exist", folder)
-    return check_folder(folder, folder.name, eval_sections(data_root))
+    return check_folder(folder, folder.name, eval_sections(data_root, reading))
 
 
 def check_folder(folder: Path, label: str, sections: Mapping[Key, list[str]]) -> CheckResult:

@@ -90,7 +90,7 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
         torch.set_num_threads(cfg.threads)
     d = init_distributed(cfg.device)
     device = resolve_device(cfg.device, d)
-    dataset = dcase.scan(cfg.data_root)
+    dataset = dcase.scan(cfg.data_root, reading=cfg.reading)
     tset = training_set(dataset, cfg.pseudo_labels if cfg.labels == "pseudo" else None)
     pretrained = pretrained_hashes(cfg)
 
@@ -128,9 +128,10 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
         save_checkpoint(out, model, cfg, tset.class_map, optimizer, scheduler, step, complete, pretrained)
         write_train_log(out / TRAIN_LOG, log_rows, ["step", "loss", "accuracy", "lr"])
 
-    sampler = StepBatches(len(tset.clips), cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.seed, start, d.rank, d.world)
+    examples = ClipDataset(tset.clips, tset.targets, cfg.seconds, cfg.channel)
+    sampler = StepBatches(len(examples), cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.seed, start, d.rank, d.world)
     loader = torch.utils.data.DataLoader(
-        ClipDataset(tset.clips, tset.targets, cfg.seconds), batch_sampler=sampler, num_workers=cfg.workers,
+        examples, batch_sampler=sampler, num_workers=cfg.workers,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by workers
     )
     autocast = device.type == "cuda" and cfg.amp

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from asdtool.data import dcase
-from asdtool.data.audio import read_clip
+from asdtool.data.audio import read_clip, views
 from asdtool.errors import AsdError
 
 
@@ -48,7 +48,7 @@ def training_set(dataset: dcase.Dataset, pseudo_labels: str | Path | None = None
     `<machine>/pseudo_<label>` instead (the paper's second stage); the file must cover all the
     training clips of those machine types and name no other clip. Classes are numbered in sorted order.
     """
-    clips = dataset.select(split="train")
+    clips = dataset.select(split="train") + dataset.select(split=dcase.SUPPLEMENTAL)  # supplemental: read only when asked
     if not clips:
         raise AsdError("no training clips found", dataset.root)
     keys = [c.class_key for c in clips]
@@ -68,18 +68,21 @@ def training_set(dataset: dcase.Dataset, pseudo_labels: str | Path | None = None
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """(wave, class) pairs of training clips, each padded or cut to `seconds`."""
+    """(wave, class) pairs of training clips, each padded or cut to `seconds`, one `channel` of stereo clips.
 
-    def __init__(self, clips: Sequence[dcase.Clip], targets: np.ndarray, seconds: float):
-        self.paths = [c.path for c in clips]
-        self.targets = targets
+    `channel="both"` makes each stereo clip two examples of its class, its left and its right channel.
+    """
+
+    def __init__(self, clips: Sequence[dcase.Clip], targets: np.ndarray, seconds: float, channel: str = "left"):
+        self.items = [(c.path, ch, int(t)) for c, t in zip(clips, targets) for ch in views(c.path, channel)]
         self.seconds = seconds
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, i: int):
-        return torch.from_numpy(read_clip(self.paths[i], self.seconds)), int(self.targets[i])
+        path, channel, target = self.items[i]
+        return torch.from_numpy(read_clip(path, self.seconds, channel=channel)), target
 
 
 class StepBatches(torch.utils.data.Sampler):

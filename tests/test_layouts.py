@@ -126,7 +126,7 @@ def test_a_2025_root_ignores_its_supplemental_folder_unless_asked(tmp_path):
            + [f"ToyPet/test/section_00_{j:04d}.wav" for j in range(4)]
            + [f"ToyPet/supplemental/section_00_{k}_000{j}_.wav" for k in ("machine", "noise") for j in range(2)])
     assert {c.split for c in dcase.scan(root).clips} == {"train", "test"}
-    ds = dcase.scan(root, supplemental=True)
+    ds = dcase.scan(root, reading=dcase.Reading(supplemental=True))
     extra = ds.select(split="supplemental")
     assert len(extra) == 4 and {c.class_key for c in extra} == {"ToyPet/supplemental-machine", "ToyPet/supplemental-noise"}
     assert {c.label for c in ds.select(split="test")} == {-1} and {c.domain for c in ds.select(split="test")} == {None}
@@ -139,13 +139,13 @@ def test_a_root_mixing_layouts_is_refused_unless_asked(tmp_path):
                   "valve/test/section_00_source_test_normal_0000_v_1.wav"])  # fmt: skip
     with pytest.raises(AsdError, match=r"different DCASE layouts in one root \(fan \(2020\); valve \(2022-2026\)\)"):
         dcase.scan(root)
-    ds = dcase.scan(root, mixed_layouts=True)
+    ds = dcase.scan(root, reading=dcase.Reading(mixed_layouts=True))
     assert {(c.machine, c.section, c.domain) for c in ds.clips} == {("fan", "00", "source"), ("valve", "00", "source")}
-    assert {c.machine for c in dcase.scan(root, ["valve"], layout="2024").clips} == {"valve"}
+    assert {c.machine for c in dcase.scan(root, ["valve"], dcase.Reading("2024")).clips} == {"valve"}
     with pytest.raises(AsdError, match="does not parse"):  # a year's reader applied to another year's names
-        dcase.scan(root, ["fan"], layout="2023")
+        dcase.scan(root, ["fan"], dcase.Reading("2023"))
     with pytest.raises(AsdError, match="unknown layout '2019'"):
-        dcase.scan(root, layout="2019")
+        dcase.scan(root, reading=dcase.Reading("2019"))
 
 
 def test_a_section_with_test_clips_but_no_training_clips_is_refused(tmp_path):
@@ -199,3 +199,16 @@ def test_2021_and_2020_ground_truth_files_and_one_domain_metrics(tmp_path):
     # no target domain: AUC target does not exist and the means leave it out (section 01: 0.5, section 03: 1.0)
     assert summary["hmean_auc_target"] is None and summary["machines"]["fan"]["auc_target"] is None
     assert summary["machines"]["fan"]["auc_source"] == pytest.approx(0.75)
+
+
+def test_the_correspondence_files_of_a_synthetic_2024_set_cover_every_hidden_attribute_clip(tmp_path):
+    from asdtool.data.hidden import read_correspondence_folder
+    from asdtool.data.synth import SynthSizes
+    from asdtool.data.synth_layouts import synthesize_layout
+
+    synthesize_layout(tmp_path / "d", "2024", seed=1, sizes=SynthSizes(0.2, 3, 1, 1), machines=["gearbox", "fan"])
+    truth = read_correspondence_folder(tmp_path / "d-ground-truth" / "attributes")
+    hidden = [c for c in dcase.scan(tmp_path / "d").clips if c.machine == "gearbox"]
+    assert {(c.machine, c.file_name) for c in hidden} == set(truth)
+    assert all(c.attribute_string == "noAttribute" for c in hidden)
+    assert all(set(layouts.parse_attributes(a)) == {"volt", "wt"} for a in truth.values())  # gearbox: voltage, weight

@@ -271,3 +271,29 @@ def test_finetune_consumes_the_pseudo_labels(data, cli_run, tmp_path):
     assert fan_classes == 4  # 3 source + 1 target attribute sets
     assert summary["classes"] == result.classes == fan_classes + sum(COUNTS.values())
     assert summary["labels"] == "pseudo"
+
+
+def test_ari_against_the_organisers_correspondence_files_equals_the_one_against_hidden_attributes(data, stage_one, tmp_path):
+    # the organisers ship <machine>/attributes_00_train_correspondence.csv: the true-attribute name beside the
+    # distributed noAttribute name; written here from the synthetic set's own hidden_attributes.csv
+    from asdtool.data.hidden import read_correspondence_folder, read_hidden_rows
+
+    truth = tmp_path / "ground_truth_attributes"
+    by_machine: dict[str, list[str]] = {}
+    for machine, rel, hidden in read_hidden_rows(data / "hidden_attributes.csv"):
+        given = rel.rsplit("/", 1)[-1]
+        if "_train_" in given:
+            by_machine.setdefault(machine, []).append(f"{given.replace('noAttribute', hidden)},{given}")
+    for machine, rows in by_machine.items():
+        (truth / machine).mkdir(parents=True)
+        (truth / machine / "attributes_00_train_correspondence.csv").write_text(
+            "source_file_name,target_file_name\n" + "\n".join(rows) + "\n")
+    mapping = read_correspondence_folder(truth)
+    assert len(mapping) == sum(len(r) for r in by_machine.values()) and set(by_machine) == set(HIDDEN)
+    own = pl.pseudo_label(stage_one, data, COUNTS, plots=False)
+    theirs = pl.pseudo_label(stage_one, data, COUNTS, plots=False, attribute_truth=truth)
+    for m in HIDDEN:
+        assert theirs.machines[m].ari is not None and theirs.machines[m].ari == pytest.approx(own.machines[m].ari)
+    (truth / "gearbox" / "attributes_00_train_correspondence.csv").write_text("file,attrs\n")
+    with pytest.raises(AsdError, match="has no 'source_file_name,target_file_name' header"):
+        read_correspondence_folder(truth)

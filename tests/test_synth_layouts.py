@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from asdtool.cli import app, main
 from asdtool.data import layouts, synth, synth_layouts
-from asdtool.data.dcase import NO_ATTRIBUTE, read_attribute_csv, scan
+from asdtool.data.dcase import NO_ATTRIBUTE, Reading, read_attribute_csv, scan
 from asdtool.data.synth import SynthSizes, synthesize
 from asdtool.data.synth_layouts import (
     YEAR_LAYOUTS,
@@ -156,7 +156,7 @@ def test_2025_supplemental_clips_only_when_asked(written):
     for eval_set in (False, True):
         out, _, _ = written("2025", eval_set)
         assert all(c.split != "supplemental" for c in scan(out).clips)
-        extra = [c for c in scan(out, supplemental=True).clips if c.split == "supplemental"]
+        extra = [c for c in scan(out, reading=Reading(supplemental=True)).clips if c.split == "supplemental"]
         assert Counter((c.machine, c.attribute_string) for c in extra) == {
             (m, f"supplemental-{kind}"): SUPPLEMENTAL for m in MACHINES for kind in ("machine", "noise")}  # fmt: skip
         names = sorted(p.name for p in (out / "fan" / "supplemental").iterdir())

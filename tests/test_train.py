@@ -263,8 +263,9 @@ def test_two_process_gloo_ddp(data, tmp_path):
 # ----------------------------------------------------------------------------- the paper's recipes
 
 
-def test_paper_recipes_are_written_down_in_params_dcase2024():
-    path = Path(__file__).parent.parent / "params-dcase2024.yaml"
+@pytest.mark.parametrize("year", ["2024", "2026"])
+def test_paper_recipes_are_written_down_in_params_dcase2024(year):
+    path = Path(__file__).parent.parent / f"params-dcase{year}.yaml"
     cfgs = {m: FinetuneConfig(data_root=Path("d"), out=Path("o"), **read_section(path, FinetuneConfig.SECTION, m, FinetuneConfig))
             for m in ("beats-full", "beats-lora", "beats-pse", "eat-full", "eat-lora", "eat-pse", "dual")}  # fmt: skip
     for c in cfgs.values():
@@ -282,3 +283,4 @@ def test_paper_recipes_are_written_down_in_params_dcase2024():
     for m in ("beats-pse", "eat-pse"):
         assert cfgs[m].labels == "pseudo" and cfgs[m].lora_rank == 0 and cfgs[m].steps == 10000
     assert all(c.seconds == 10.0 and c.specaug_mask == 80 for c in cfgs.values())
+    assert all(c.channel == "left" for c in cfgs.values())  # 2026 stereo: the near microphone, as the organisers

@@ -44,7 +44,7 @@ def run(cfg: BaselineConfig) -> None:
         scores = baseline_to_folder(
             cfg.data_root, cfg.out, cfg.seconds, cfg.machine, method=cfg.method,
             progress=lambda n, total: bar.update(clips, advance=n, total=total),
-            settings=settings, on_epoch=on_epoch if autoencoder else None,
+            settings=settings, on_epoch=on_epoch if autoencoder else None, reading=cfg.reading, channel=cfg.channel,
         )  # fmt: skip
     console = Console()
     if last:

@@ -13,7 +13,7 @@ def run(cfg: DetectConfig) -> None:
     from asdtool.detect import SOURCE, TARGET, detect_to_folder
 
     emb, result = detect_to_folder(cfg.embeddings, cfg.out, cfg.k, cfg.smote_ratio, cfg.smote_k, cfg.seed, cfg.data_root,
-                                   cfg.normalise, cfg.density_k)  # fmt: skip
+                                   cfg.normalise, cfg.density_k, cfg.reading)  # fmt: skip
     title = f"{emb.meta.model or cfg.embeddings.name}: k={cfg.k}, SMOTE ratio {cfg.smote_ratio:g}, k {cfg.smote_k}"
     if cfg.normalise != "none":
         title += f", {cfg.normalise}" + (f" (density k {cfg.density_k})" if cfg.normalise == "local-density" else "")

@@ -13,7 +13,8 @@ def run(cfg: EnsembleConfig) -> None:
     """Normalise each model's scores per machine type (zero mean, unit std) and combine them linearly."""
     from asdtool.ensemble import ensemble_to_folder
 
-    r = ensemble_to_folder(cfg.scores, cfg.out, cfg.weights, cfg.search, cfg.data_root, cfg.step, cfg.top, cfg.search_out)
+    r = ensemble_to_folder(cfg.scores, cfg.out, cfg.weights, cfg.search, cfg.data_root, cfg.step, cfg.top, cfg.search_out,
+                           cfg.reading)  # fmt: skip
     console = Console()
     if r.ranked is not None:
         table = Table(title=f"grid search: {len(r.ranked)} weight vectors, step {cfg.step:g}, {r.search_seconds:.2f} s",

@@ -48,7 +48,8 @@ def run(cfg: PseudolabelConfig) -> None:
     try:
         result, paths = pseudolabel_to_files(
             cfg.model, cfg.data_root, cfg.out, cfg.clusters, cfg.plots, cfg.suggest, cfg.suggest_range, cfg.linkage,
-            cfg.seconds, cfg.batch_size, cfg.device, cfg.seed, progress=on_clips,
+            cfg.seconds, cfg.batch_size, cfg.device, cfg.seed, progress=on_clips, reading=cfg.reading,
+            attribute_truth=cfg.attribute_truth,
         )  # fmt: skip
     finally:
         if bar.live.is_started:

@@ -19,7 +19,7 @@ def run(cfg: SubmitConfig) -> None:
 
     console = Console()
     if cfg.check is not None:
-        result = check_submission(cfg.check, cfg.data_root)
+        result = check_submission(cfg.check, cfg.data_root, cfg.reading)
         if result.problems:
             err = Console(stderr=True)
             for line in result.problems[:SHOWN_PROBLEMS]:
@@ -32,7 +32,7 @@ def run(cfg: SubmitConfig) -> None:
         console.print(sections_table(result.sections, f"{result.label}: a valid submission"))
         return
     done = write_submission(cfg.scores, cfg.data_root, cfg.out, cfg.label, cfg.decision_quantile, cfg.meta_params,
-                            cfg.dev_metrics, cfg.force)  # fmt: skip
+                            cfg.dev_metrics, cfg.force, cfg.reading)  # fmt: skip
     console.print(sections_table(done.sections, f"submission {done.label}"))
     n = len(done.sections)
     console.print(f"wrote {done.folder}: {n} score and {n} decision files, {done.label}.meta.yaml", soft_wrap=True)

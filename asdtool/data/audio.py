@@ -3,8 +3,9 @@
 Clips are mono (DCASE 2020-2025) or stereo (2026: the near microphone left, the far one right).
 `channel` picks what a mono model hears: `left` (the organisers' baseline: channel 0, the near
 microphone, which equals the earlier years' mono signal), `right` (the far microphone) or `mean`; a
-mono clip is its own left and mean, and asking for its right channel is an error. `both` (the two
-microphones as two views of one clip) is read with `read_channels`.
+mono clip is its own left and mean, and asking for its right channel is an error. `both` makes the
+two microphones two views of one clip (`views`): two training examples, and an embedding that is the
+mean of the two views' embeddings; a mono clip has one view.
 """
 
 from __future__ import annotations
@@ -149,6 +150,13 @@ def pick_channel(channels: np.ndarray, channel: str, path: str | Path) -> np.nda
     if channel == "mean":
         return channels[0] if channels.shape[0] == 1 else channels.mean(axis=0, dtype=np.float32)
     raise AsdError(f"unknown channel {channel!r}; choose one of {', '.join(CHANNELS[:3])} (both reads two views)")
+
+
+def views(path: str | Path, channel: str) -> tuple[str, ...]:
+    """Return the single channels a model hears from a clip: `both` gives (left, right) of a stereo clip, (left,) of a mono one."""
+    if channel != "both":
+        return (channel,)
+    return ("left", "right") if check_audio(path).channels == 2 else ("left",)
 
 
 def read_clip(path: str | Path, seconds: float | None = 10.0, sample_rate: int = SAMPLE_RATE,

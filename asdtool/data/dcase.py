@@ -289,13 +289,22 @@ def check_attribute_csv(folder: Path, clips: Sequence[Clip]) -> None:
             raise AsdError(f"does not list {len(missing)} training clip(s): {few(missing)}", csv_path)
 
 
-def scan(root: str | Path, machines: Sequence[str] | None = None, layout: str = "auto",
-         mixed_layouts: bool = False, supplemental: bool = False) -> Dataset:  # fmt: skip
-    """Return the validated dataset under `root` (all machine folders, or the named ones).
+@dataclass(frozen=True)
+class Reading:
+    """How a data root is read: by which layout's reader, and which clips.
 
-    `layout`: "auto" finds each machine folder's reader from its clips (a root mixing layouts is refused
-    unless `mixed_layouts`); a year 2020..2026 reads every folder with that year's reader.
+    `layout`: "auto" finds each machine folder's reader from its clips (a root mixing layouts is
+    refused unless `mixed_layouts`); a year 2020..2026 reads every folder with that year's reader.
+    `supplemental`: also read 2025's `supplemental/` clips (split "supplemental").
     """
+
+    layout: str = "auto"
+    mixed_layouts: bool = False
+    supplemental: bool = False
+
+
+def scan(root: str | Path, machines: Sequence[str] | None = None, reading: Reading = Reading()) -> Dataset:
+    """Return the validated dataset under `root` (all machine folders, or the named ones)."""
     root = Path(root)
     available = find_machines(root)
     if machines:
@@ -303,10 +312,10 @@ def scan(root: str | Path, machines: Sequence[str] | None = None, layout: str = 
         if unknown:
             raise AsdError(f"no machine folder named {few(unknown)} (found {', '.join(available)})", root)
         available = list(machines)
-    if layout == "auto":
-        grammars = detect_layout(root, available, mixed_layouts)
+    if reading.layout == "auto":
+        grammars = detect_layout(root, available, reading.mixed_layouts)
     else:
-        grammar = reader_for(layout).grammar
+        grammar = reader_for(reading.layout).grammar
         grammars = {m: grammar for m in available}
-    clips = [c for m in available for c in scan_machine(root, m, grammars[m], supplemental)]
+    clips = [c for m in available for c in scan_machine(root, m, grammars[m], reading.supplemental)]
     return Dataset(root=root, clips=clips)

@@ -61,7 +61,7 @@ from asdtool.atomic import current_umask, replace_dir
 from asdtool.data import synth
 from asdtool.data.audio import SAMPLE_RATE
 from asdtool.data.dcase import DEV_MACHINES, DOMAINS, format_attributes, format_name, write_attribute_csv
-from asdtool.data.hidden import HIDDEN_ATTRIBUTES_FILE, read_hidden_rows, write_hidden_rows
+from asdtool.data.hidden import CORRESPONDENCE_HEADER, HIDDEN_ATTRIBUTES_FILE, read_hidden_rows, write_hidden_rows
 from asdtool.data.layouts import NO_ATTRIBUTE, SUPPLEMENTAL, YEAR_GRAMMAR, YEARS
 from asdtool.data.synth import MACHINES, PlannedClip, SynthSizes, plan_clips
 from asdtool.errors import AsdError
@@ -72,7 +72,6 @@ NOISE_CONDITIONS = ("1", "2")  # 2026's extra noise source: 1 steady ventilation
 FAR_ATTENUATION_DB = 8.0  # the far microphone's distance loss on the machine
 FAR_LOWPASS_HZ = 3000.0  # ... and its air and distance high-frequency loss (first order)
 NEAR_SOURCE_DB = -12.0  # the extra noise source at the near microphone, relative to the far one
-CORRESPONDENCE_HEADER = ["source_file_name", "target_file_name"]
 
 _STREAMS = {"clip": 0, "machine": 1, "noise": 2, "far": 3, "order": 4}  # the last element of a clip's key
 

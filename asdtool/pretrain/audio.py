@@ -86,10 +86,11 @@ def find_audio(paths: Sequence[str | Path]) -> Corpus:
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Random crops of `seconds` from clips; item (clip index, key) -> wave, the crop start a pure function of (seed, key)."""
+    """Random crops of `seconds` from clips (one `channel` of stereo ones); item (clip index, key) -> wave,
+    the crop start a pure function of (seed, key)."""
 
-    def __init__(self, files: Sequence[Path], seconds: float, seed: int):
-        self.files, self.seed = list(files), seed
+    def __init__(self, files: Sequence[Path], seconds: float, seed: int, channel: str = "left"):
+        self.files, self.seed, self.channel = list(files), seed, channel
         self.n = int(round(seconds * SAMPLE_RATE))
 
     def __len__(self) -> int:
@@ -97,7 +98,7 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
         index, key = item
-        wave = read_clip(self.files[index], seconds=None)
+        wave = read_clip(self.files[index], seconds=None, channel=self.channel)
         if wave.shape[0] > self.n:
             start = int(np.random.default_rng([self.seed, key]).integers(0, wave.shape[0] - self.n + 1))
             wave = wave[start : start + self.n]

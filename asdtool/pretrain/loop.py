@@ -198,7 +198,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
 
     sampler = CropBatches(len(corpus.files), cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.seed, start, d.rank, d.world)
     loader = torch.utils.data.DataLoader(
-        CropDataset(corpus.files, cfg.seconds, cfg.seed), batch_sampler=sampler, num_workers=0,
+        CropDataset(corpus.files, cfg.seconds, cfg.seed, cfg.channel), batch_sampler=sampler, num_workers=0,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
     )
     autocast = device.type == "cuda" and cfg.amp
