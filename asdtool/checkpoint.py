@@ -250,7 +250,7 @@ def saved_config(saved: dict) -> FinetuneConfig:
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
     values = {k: v for k, v in saved["config"].items() if k in known}
     cfg = FinetuneConfig(**values)
-    cfg.data_root, cfg.out = Path(cfg.data_root), Path(cfg.out)
+    cfg.out = Path(cfg.out)  # data_root: a list of paths (one string in checkpoints before several roots)
     return cfg
 
 

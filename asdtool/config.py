@@ -215,6 +215,21 @@ class ReadsData:
         return Reading(self.layout, self.mixed_layouts, bool(getattr(self, "supplemental", False)))
 
 
+ROOTS_HELP = (
+    "DCASE data root {what}; repeat it to add roots (earlier years, the eval set's additional training "
+    "data): each root keeps its own machine types, named <root>:<machine>."
+)
+
+
+def _roots(cfg) -> None:
+    """Take a single data root as a list of one (configs built in code), and refuse an empty list."""
+    if isinstance(cfg.data_root, (str, Path)):
+        cfg.data_root = [Path(cfg.data_root)]
+    if not cfg.data_root:
+        raise AsdError("give at least one --data-root")
+    cfg.data_root = [Path(r) for r in cfg.data_root]
+
+
 CHANNEL_HELP = "Channel of stereo clips (DCASE 2026: near microphone left, far right): left (the organisers' baseline), right or mean of both; a mono clip is its own left and mean."
 VIEWS_HELP = " both: the two microphones as two views of a clip (two training examples; the mean of their embeddings)."
 CHANNELS = ("left", "right", "mean")  # one channel: what the reference detectors and pre-training read
@@ -358,7 +373,7 @@ class FinetuneConfig(ReadsData):
 
     SECTION = Section("models", named=True)
 
-    data_root: Path = option(help="DCASE data root holding <machine>/train (all machine types are trained together).", recipe=False)
+    data_root: list[Path] = option(help=ROOTS_HELP.format(what="holding <machine>/train (all machine types are trained together)"), recipe=False)
     out: Path = option(help="Model folder to write: checkpoint.pt, train_log.csv, summary.json.", recipe=False)
     backbone: str = option("beats", "Pre-trained transformer: beats, eat, or dual (both, fused).", choices=BACKBONES)
     checkpoint: str | None = option(None, "Official pre-trained weights (BEATs .pt, EAT fairseq .pt or Hugging Face folder; dual: beats=PATH,eat=PATH). Absent: random init of --size.")
@@ -397,6 +412,9 @@ class FinetuneConfig(ReadsData):
     checkpoint_every: int = option(100, "Steps between resumable checkpoints.", recipe=False)
     log_every: int = option(1, "Steps between rows of train_log.csv.", recipe=False)
     resume: bool = option(False, "Continue the unfinished run in --out from its last checkpoint.", recipe=False)
+
+    def __post_init__(self) -> None:
+        _roots(self)
 
     def validate(self) -> None:
         if self.labels == "pseudo" and not self.pseudo_labels:
@@ -437,7 +455,7 @@ class PseudolabelConfig(ReadsData):
     SECTION = Section("pseudolabel", named=True)
 
     model: Path = option(help="Stage-one model folder from asdtool finetune on the real attributes (the -full model).", recipe=False)
-    data_root: Path = option(help="DCASE data root; the training clips of every machine type without attributes are clustered.", recipe=False)
+    data_root: list[Path] = option(help=ROOTS_HELP.format(what="whose machine types without attributes have their training clips clustered"), recipe=False)
     out: Path = option(help="Pseudo-label CSV to write (file_name,machine,pseudo_label); <stem>.summary.json goes beside it.", recipe=False)
     clusters: list[str] = option([], "MACHINE=COUNT, repeatable (the paper, dev: gearbox=20 slider=20 ToyTrain=25). A type without attributes left out gets the count of best silhouette over --suggest-range.", metavar="MACHINE=COUNT")
     plots: Path | None = option(None, "Folder for one UMAP scatter PNG per machine type. (default: <out stem>_umap/ beside --out)", recipe=False)
@@ -448,7 +466,10 @@ class PseudolabelConfig(ReadsData):
     batch_size: int = option(16, "Clips per embedding batch.", recipe=False)
     device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
     seed: int = option(0, "Seed of the UMAP layout (the clustering itself is deterministic).")
-    attribute_truth: Path | None = option(None, "Score the clusters (adjusted Rand index) against the organisers' hidden attributes: a folder of <machine>/attributes_NN_{train,test}_correspondence.csv (their baseline's datasets/ground_truth_attributes/<year>/dev_data). (default: <data root>/hidden_attributes.csv when it exists)", recipe=False)
+    attribute_truth: Path | None = option(None, "Score the clusters (adjusted Rand index) against the organisers' hidden attributes: a folder of <machine>/attributes_NN_{train,test}_correspondence.csv (their baseline's datasets/ground_truth_attributes/<year>/dev_data). With several data roots it scores the first root's machine types. (default: each data root's hidden_attributes.csv when it exists)", recipe=False)
+
+    def __post_init__(self) -> None:
+        _roots(self)
 
     def validate(self) -> None:
         _at_least(self, 1, "batch_size")

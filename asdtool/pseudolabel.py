@@ -95,6 +95,7 @@ def plan_counts(dataset: dcase.Dataset, counts: Mapping[str, int]) -> dict[str, 
     a count below 2 or above the machine's training clips, and for data with no type to cluster.
     """
     root = dataset.root
+    folder = dataset.folder
     present = dataset.machines
     targets = unattributed_machines(dataset)
     for machine, k in counts.items():
@@ -102,17 +103,17 @@ def plan_counts(dataset: dcase.Dataset, counts: Mapping[str, int]) -> dict[str, 
             raise AsdError(f"--clusters names {machine}, which has no machine folder (found {', '.join(present)})", root)
         n = len(dataset.select(machine, "train"))
         if n == 0:
-            raise AsdError(f"--clusters names {machine}, which has no training clips", root / machine)
+            raise AsdError(f"--clusters names {machine}, which has no training clips", folder(machine))
         if machine not in targets:
             raise AsdError(
                 f"--clusters names {machine}, whose training clips carry attributes; pseudo labels are for "
                 f"machine types without attributes ({', '.join(targets) or 'none here'})",
-                root / machine,
+                folder(machine),
             )
         if k < 2:
             raise AsdError(f"--clusters {machine}={k}: need at least 2 clusters")
         if k > n:
-            raise AsdError(f"--clusters {machine}={k}: more clusters than its {n} training clips", root / machine / "train")
+            raise AsdError(f"--clusters {machine}={k}: more clusters than its {n} training clips", folder(machine) / "train")
     if not targets:
         raise AsdError("no machine type without attributes (all training clips noAttribute) to pseudo-label", root)
     return {m: counts.get(m) for m in targets}
@@ -287,7 +288,7 @@ class PseudoLabels:
 
     model: Path
     checkpoint_sha256: str
-    data_root: Path
+    data_roots: list[Path]
     linkage: str
     seconds: float
     seed: int
@@ -317,7 +318,7 @@ class PseudoLabels:
         return {
             "model": str(self.model),
             "checkpoint_sha256": self.checkpoint_sha256,
-            "data_root": str(self.data_root),
+            "data_root": ", ".join(dcase.root_label(r) for r in self.data_roots),
             "linkage": self.linkage,
             "seconds": self.seconds,
             "seed": self.seed,
@@ -327,9 +328,36 @@ class PseudoLabels:
         }
 
 
+def hidden_truth(dataset: dcase.Dataset, attribute_truth: str | Path | None) -> dict[tuple[str, str], str] | None:
+    """Return {(machine, file_name): hidden attribute} to score the clusters with, or None when there is none.
+
+    From the organisers' correspondence folder (`attribute_truth`, for the first data root's machine
+    types) or else from each data root's own hidden_attributes.csv (`asdtool synth` writes one); with
+    several roots the machine types take their `<root>:` prefix, as the clips do.
+    """
+    roots = dataset.roots or [dataset.root]
+    prefix = {r: f"{dcase.root_label(r)}{dcase.ROOT_SEPARATOR}" if len(roots) > 1 else "" for r in roots}
+    if attribute_truth is not None:  # the organisers' correspondence files
+        truth = read_correspondence_folder(attribute_truth)
+        return {(prefix[roots[0]] + m, name): v for (m, name), v in truth.items()}
+    hidden: dict[tuple[str, str], str] = {}
+    found = False
+    for root in roots:
+        path = root / HIDDEN_ATTRIBUTES_FILE
+        if path.is_file():
+            found = True
+            hidden.update({(prefix[root] + m, name): v for (m, name), v in read_hidden_attributes(path).items()})
+    return hidden if found else None
+
+
+def plot_name(machine: str) -> str:
+    """Return the UMAP plot file of a machine type (`<root>:<machine>` flattened into one file name)."""
+    return machine.replace(dcase.ROOT_SEPARATOR, "__").replace("/", "_") + ".png"
+
+
 def pseudo_label(
     model: str | Path,
-    data_root: str | Path,
+    data_root: str | Path | Sequence[str | Path],
     counts: Mapping[str, int] | None = None,
     *,
     seconds: float | None = None,
@@ -363,13 +391,9 @@ def pseudo_label(
     k_range = sorted({int(k) for k in k_range})
     if not k_range or k_range[0] < 2:
         raise AsdError("the suggestion range must hold cluster counts of at least 2")
-    dataset = dcase.scan(data_root, reading=reading)
+    dataset = dcase.scan_roots([data_root] if isinstance(data_root, (str, Path)) else data_root, reading=reading)
     plan = plan_counts(dataset, dict(counts or {}))
-    hidden_path = dataset.root / HIDDEN_ATTRIBUTES_FILE
-    if attribute_truth is not None:  # the organisers' correspondence files
-        hidden = read_correspondence_folder(attribute_truth)
-    else:
-        hidden = read_hidden_attributes(hidden_path) if hidden_path.is_file() else None
+    hidden = hidden_truth(dataset, attribute_truth)
     finetuned = load_finetuned(model, device)
     seconds = float(seconds if seconds is not None else finetuned.config.seconds)
     device_now = next(finetuned.model.parameters()).device
@@ -390,7 +414,7 @@ def pseudo_label(
                 raise AsdError(
                     f"{machine} has {len(x)} training clips: too few to choose a count by silhouette in "
                     f"{k_range[0]}-{k_range[-1]}; give --clusters {machine}=K",
-                    dataset.root / machine / "train",
+                    dataset.folder(machine) / "train",
                 )
             k, k_from = suggestion.best_k, "silhouette"
         labels = cluster(x, k, linkage)
@@ -406,7 +430,7 @@ def pseudo_label(
     return PseudoLabels(
         model=Path(model),
         checkpoint_sha256=finetuned.checkpoint_sha256,
-        data_root=dataset.root,
+        data_roots=dataset.roots or [dataset.root],
         linkage=linkage,
         seconds=seconds,
         seed=seed,
@@ -453,7 +477,7 @@ def write_outputs(result: PseudoLabels, paths: OutputPaths) -> None:
         with atomic_dir(paths.plots) as tmp:
             for m, mc in result.machines.items():
                 if mc.umap is not None:
-                    plot_clusters(tmp / f"{m}.png", mc.umap, mc.labels, [c.domain for c in mc.clips], mc.title)
+                    plot_clusters(tmp / plot_name(m), mc.umap, mc.labels, [c.domain for c in mc.clips], mc.title)
     summary = result.summary()
     summary["labels"] = str(paths.labels)
     summary["plots"] = str(paths.plots) if any(mc.umap is not None for mc in result.machines.values()) else None
@@ -462,7 +486,7 @@ def write_outputs(result: PseudoLabels, paths: OutputPaths) -> None:
 
 
 def pseudolabel_to_files(
-    model: str | Path, data_root: str | Path, out: str | Path, clusters: Sequence[str] = (), plots: str | Path | None = None,
+    model: str | Path, data_root: str | Path | Sequence[str | Path], out: str | Path, clusters: Sequence[str] = (), plots: str | Path | None = None,
     suggest: bool = False, suggest_range: str = "2-30", linkage: str = "ward", seconds: float | None = None,
     batch_size: int = 16, device: str = "cpu", seed: int = 0, progress: Callable[[int, int], None] | None = None,
     reading: dcase.Reading = dcase.Reading(), attribute_truth: str | Path | None = None,

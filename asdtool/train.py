@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -55,6 +55,16 @@ class TrainResult:
     trainable_params: int
     wall_seconds: float
     classes: int
+    clips: dict[str, int] = field(default_factory=dict)  # training clips per data root
+
+
+def clips_per_root(dataset: dcase.Dataset, tset: TrainingSet) -> dict[str, int]:
+    """Return {data root: its training clips} in the order the roots were given."""
+    labels = [dcase.root_label(r) for r in dataset.roots or [dataset.root]]
+    if len(labels) == 1:
+        return {labels[0]: len(tset.clips)}
+    machines = [c.machine.rpartition(dcase.ROOT_SEPARATOR)[0] for c in tset.clips]
+    return {label: machines.count(label) for label in labels}
 
 
 def _is_model_file(name: str) -> bool:
@@ -77,7 +87,7 @@ def _check_resumable(saved: dict, cfg: FinetuneConfig, tset: TrainingSet, pretra
 
 
 def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train an attribute classifier on the training clips under `cfg.data_root` into `cfg.out`; return its figures.
+    """Train an attribute classifier on the training clips of the `cfg.data_root` roots into `cfg.out`; return its figures.
 
     `on_step(row)` is called on the main process after every logged optimiser step with
     {"step", "loss", "accuracy", "lr", "steps", "saved"} (after any checkpoint of that step is
@@ -90,7 +100,7 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
         torch.set_num_threads(cfg.threads)
     d = init_distributed(cfg.device)
     device = resolve_device(cfg.device, d)
-    dataset = dcase.scan(cfg.data_root, reading=cfg.reading)
+    dataset = dcase.scan_roots(cfg.data_root, reading=cfg.reading)
     tset = training_set(dataset, cfg.pseudo_labels if cfg.labels == "pseudo" else None)
     pretrained = pretrained_hashes(cfg)
 
@@ -173,12 +183,12 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
             on_step({**row, "steps": cfg.steps, "saved": last_saved})
 
     wall = time.perf_counter() - t0
-    result = TrainResult(out, cfg.steps, loss_v, acc_v, total, trainable, wall, len(tset.class_map))
+    result = TrainResult(out, cfg.steps, loss_v, acc_v, total, trainable, wall, len(tset.class_map), clips_per_root(dataset, tset))
     if d.main:
         save(cfg.steps, True)
         write_json(out / SUMMARY, {
             "backbone": cfg.backbone, "lora_rank": cfg.lora_rank, "labels": cfg.labels,
-            "classes": len(tset.class_map), "clips": len(tset.clips), "steps": cfg.steps,
+            "classes": len(tset.class_map), "clips": len(tset.clips), "clips_per_root": result.clips, "steps": cfg.steps,
             "total_params": total, "trainable_params": trainable,
             "final_loss": loss_v, "final_accuracy": acc_v, "wall_seconds": round(wall, 3),
             "processes": d.world, "device": str(device),

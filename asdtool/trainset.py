@@ -51,13 +51,14 @@ def training_set(dataset: dcase.Dataset, pseudo_labels: str | Path | None = None
     clips = dataset.select(split="train") + dataset.select(split=dcase.SUPPLEMENTAL)  # supplemental: read only when asked
     if not clips:
         raise AsdError("no training clips found", dataset.root)
+    roots = ", ".join(dcase.root_label(r) for r in dataset.roots or [dataset.root])
     keys = [c.class_key for c in clips]
     if pseudo_labels is not None:
         pseudo = read_pseudo_labels(pseudo_labels)
         known = {(c.machine, c.file_name) for c in clips}
         unknown = [f"{m}/{n}" for m, n in pseudo if (m, n) not in known]
         if unknown:
-            raise AsdError(f"names {len(unknown)} clip(s) that are not training clips of {dataset.root}, e.g. {unknown[0]}", pseudo_labels)
+            raise AsdError(f"names {len(unknown)} clip(s) that are not training clips of {roots}, e.g. {unknown[0]}", pseudo_labels)
         covered = {m for m, _ in pseudo}
         missing = [c for c in clips if c.machine in covered and (c.machine, c.file_name) not in pseudo]
         if missing:

@@ -83,7 +83,7 @@ def test_every_params_file_section_fits_its_config():
     """The shipped params files hold only known keys of the right types, for every stage."""
     import yaml
 
-    for name in ("params.yaml", "params-dcase2024.yaml"):
+    for name in ("params.yaml", "params-dcase2024.yaml", "params-dcase2025.yaml", "params-dcase2026.yaml"):
         path = ROOT / name
         doc = yaml.safe_load(path.read_text())
         for cls in (config.SynthConfig, config.FinetuneConfig, config.PseudolabelConfig, config.EmbedConfig,

@@ -222,7 +222,7 @@ def test_a_fresh_clone_regenerates_the_data_but_keeps_the_committed_pretrained_b
     assert _stale(project) == set()
 
 
-@pytest.mark.parametrize("year", ["2024", "2026"])
+@pytest.mark.parametrize("year", ["2024", "2025", "2026"])
 def test_the_paper_params_file_fits_the_pipeline(tmp_path, year):
     """`cp params-dcase<year>.yaml params.yaml && dvc repro` must at least resolve every stage."""
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
@@ -237,5 +237,9 @@ def test_the_paper_params_file_fits_the_pipeline(tmp_path, year):
     default = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(paper) == set(default) and set(paper["models"]) == set(default["models"])
     assert paper["data"]["root"] == f"data/dcase{year}t2/dev_data/raw"
-    clusters = {"2024": ["gearbox=20", "slider=20", "ToyTrain=25"], "2026": []}[year]  # 2026: by silhouette
+    clusters = {"2024": ["gearbox=20", "slider=20", "ToyTrain=25"], "2025": [], "2026": []}[year]  # else: by silhouette
     assert paper["pseudolabel"]["beats"]["clusters"] == clusters
+    roots = paper["data"]["train"]["data-root"]
+    assert roots[0] == paper["data"]["root"]
+    if year == "2025":  # every year's dev and eval training clips, 2020-2025
+        assert roots == [f"data/dcase{y}t2/{part}_data/raw" for y in range(2025, 2019, -1) for part in ("dev", "eval")]

@@ -263,7 +263,7 @@ def test_two_process_gloo_ddp(data, tmp_path):
 # ----------------------------------------------------------------------------- the paper's recipes
 
 
-@pytest.mark.parametrize("year", ["2024", "2026"])
+@pytest.mark.parametrize("year", ["2024", "2025", "2026"])
 def test_paper_recipes_are_written_down_in_params_dcase2024(year):
     path = Path(__file__).parent.parent / f"params-dcase{year}.yaml"
     cfgs = {m: FinetuneConfig(data_root=Path("d"), out=Path("o"), **read_section(path, FinetuneConfig.SECTION, m, FinetuneConfig))

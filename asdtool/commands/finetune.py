@@ -62,6 +62,7 @@ def run(cfg: FinetuneConfig) -> None:
     for key, value in [
         ("backbone", f"{cfg.backbone} ({cfg.checkpoint or 'random init, ' + cfg.size})"),
         ("mode", f"LoRA r={cfg.lora_rank}" if cfg.lora_rank else "full fine-tuning"),
+        ("training clips", ", ".join(f"{n} ({root})" for root, n in result.clips.items())),
         ("classes", str(result.classes)),
         ("parameters", f"{result.total_params / 1e6:.2f}M total, {result.trainable_params / 1e6:.2f}M trainable"),
         ("steps", str(result.steps)),

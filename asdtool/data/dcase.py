@@ -16,8 +16,9 @@ The 2022-2026 layout, as the dev and eval zips extract:
 from __future__ import annotations
 
 import csv
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -105,12 +106,25 @@ class Clip:
         return f"{self.machine}/{section}{self.attribute_string or NO_ATTRIBUTE}"
 
 
+ROOT_SEPARATOR = ":"  # `<root>:<machine>`: a machine type of one of several data roots
+
+
 @dataclass
 class Dataset:
-    """All clips under one data root, machine by machine."""
+    """All clips under one data root (or several: `scan_roots`), machine by machine."""
 
-    root: Path
+    root: Path  # the first data root
     clips: list[Clip]
+    roots: list[Path] = field(default_factory=list)  # every data root read (empty: just `root`)
+
+    def folder(self, machine: str) -> Path:
+        """Return the machine folder of a machine type (a namespaced one lies under its own root)."""
+        label, sep, bare = machine.rpartition(ROOT_SEPARATOR)
+        if sep:
+            for root in self.roots:
+                if root_label(root) == label:
+                    return root / bare
+        return self.root / machine
 
     @property
     def machines(self) -> list[str]:
@@ -303,6 +317,36 @@ class Reading:
     supplemental: bool = False
 
 
+def root_label(root: str | Path) -> str:
+    """Return the name of a data root in namespaced machine types: its path as given, normalised."""
+    return Path(os.path.normpath(str(root))).as_posix()
+
+
+def scan_roots(roots: Sequence[str | Path], reading: Reading = Reading()) -> Dataset:
+    """Return the training data of several data roots at once (earlier years, eval additional training data).
+
+    One root reads as `scan`. With several, every clip's machine type becomes `<root>:<machine>`
+    (`root_label`), so the machine types, sections and classes of different roots never merge: the
+    2020 fan and the 2025 fan are different machines. Each root is read with its own layout.
+    """
+    roots = [Path(r) for r in roots]
+    if not roots:
+        raise AsdError("no data root given")
+    if len(roots) == 1:
+        return scan(roots[0], reading=reading)
+    seen: dict[Path, Path] = {}
+    for root in roots:
+        key = root.resolve()
+        if key in seen:
+            raise AsdError(f"is given twice as a data root (also as {seen[key]})", root)
+        seen[key] = root
+    clips = []
+    for root in roots:
+        label = root_label(root)
+        clips += [replace(c, machine=f"{label}{ROOT_SEPARATOR}{c.machine}") for c in scan(root, reading=reading).clips]
+    return Dataset(root=roots[0], clips=clips, roots=roots)
+
+
 def scan(root: str | Path, machines: Sequence[str] | None = None, reading: Reading = Reading()) -> Dataset:
     """Return the validated dataset under `root` (all machine folders, or the named ones)."""
     root = Path(root)
@@ -318,4 +362,4 @@ def scan(root: str | Path, machines: Sequence[str] | None = None, reading: Readi
         grammar = reader_for(reading.layout).grammar
         grammars = {m: grammar for m in available}
     clips = [c for m in available for c in scan_machine(root, m, grammars[m], reading.supplemental)]
-    return Dataset(root=root, clips=clips)
+    return Dataset(root=root, clips=clips, roots=[root])

@@ -3,7 +3,8 @@
 Any folder tree of WAV or FLAC files is a corpus. DCASE layouts are recognised so that pointing
 `asdtool pretrain --audio` at a data root can never leak evaluation data into pre-training:
 
-- a folder named `test` (DCASE `<machine>/test/`) is skipped with everything below it;
+- a folder named `test` or `*_test` (DCASE `<machine>/test/`, 2021's `source_test/` and
+  `target_test/`) is skipped with everything below it;
 - a file whose name is a DCASE clip name of the test split or labelled anomalous
   (`section_00_source_test_...`, `..._anomaly_...`) is skipped wherever it lies.
 
@@ -47,8 +48,13 @@ class Corpus:
 
 
 def held_out(rel: Path) -> bool:
-    """Return whether a file (its path below the given folder) is under a `test` folder or named as a test/anomalous clip."""
-    return "test" in rel.parent.parts or bool(_HELD_OUT_NAME.search(rel.stem))
+    """Return whether a file (its path below the given folder) is under a test folder or named as a test/anomalous clip."""
+    return any(is_test_folder(part) for part in rel.parent.parts) or bool(_HELD_OUT_NAME.search(rel.stem))
+
+
+def is_test_folder(name: str) -> bool:
+    """Return whether a folder holds test clips: `test`, or a domain's test folder (`source_test`, `target_test`)."""
+    return name == "test" or name.endswith("_test")
 
 
 def find_audio(paths: Sequence[str | Path]) -> Corpus:
@@ -60,13 +66,13 @@ def find_audio(paths: Sequence[str | Path]) -> Corpus:
         if given.is_file():
             if given.suffix.lower() not in AUDIO_SUFFIXES:
                 raise AsdError(f"not an audio file (expected {', '.join(AUDIO_SUFFIXES)})", given)
-            if given.parent.name == "test" or held_out(Path(given.name)):
+            if is_test_folder(given.parent.name) or held_out(Path(given.name)):
                 raise AsdError("is a test or anomalous clip; pre-training never reads those", given)
             files[given] = None
             continue
         if not given.is_dir():
             raise AsdError("audio folder or file does not exist", given)
-        if given.name == "test":
+        if is_test_folder(given.name):
             raise AsdError("is a test folder; pre-training never reads test clips", given)
         found = 0
         for folder, dirs, names in os.walk(given):
