@@ -38,6 +38,8 @@ STAGES: dict[str, type] = {
     "ensemble": config.EnsembleConfig,
     "evaluate": config.EvaluateConfig,
     "submit": config.SubmitConfig,
+    "export": config.ExportConfig,
+    "score": config.ScoreConfig,
     "report": config.ReportConfig,
     "baseline": config.BaselineConfig,
 }
@@ -96,7 +98,10 @@ def _parameter(cls, f) -> inspect.Parameter:
     else:
         note = f" (default: {', '.join(map(str, default)) if isinstance(default, list) else default})"
     decls = [f"{flag}/--no-{flag[2:]}"] if item is bool else [flag]
-    opt = typer.Option(*decls, help=f.metadata["help"] + note, metavar=f.metadata.get("metavar"), show_default=False)
+    if f.metadata.get("positional"):
+        opt = typer.Argument(help=f.metadata["help"], metavar=flag, show_default=False)
+    else:
+        opt = typer.Option(*decls, help=f.metadata["help"] + note, metavar=f.metadata.get("metavar"), show_default=False)
     annotation = Optional[list[item]] if listed else Optional[item]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[annotation, opt])
 

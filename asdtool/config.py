@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,13 +29,14 @@ REQUIRED: Any = dataclasses.MISSING
 
 
 def option(default: Any = REQUIRED, help: str = "", *, choices: tuple[str, ...] = (), recipe: bool = True,
-           flag: str | None = None, metavar: str | None = None) -> Any:  # fmt: skip
+           flag: str | None = None, metavar: str | None = None, positional: bool = False) -> Any:  # fmt: skip
     """Return a dataclass field carrying the option's help, choices and flags.
 
     `recipe=False` marks where-to options (data roots, outputs, --resume, devices) that say where
     or how a run happens, not what it computes; a resumed fine-tuning run may change them.
+    `positional=True` makes it a command-line argument (named by `flag`, e.g. "BUNDLE"), not an option.
     """
-    meta = {"help": help, "choices": choices, "recipe": recipe, "flag": flag, "metavar": metavar}
+    meta = {"help": help, "choices": choices, "recipe": recipe, "flag": flag, "metavar": metavar, "positional": positional}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     if default is REQUIRED:
@@ -662,3 +664,73 @@ class ReportConfig:
     def validate(self) -> None:
         if not self.model and not self.system:
             raise AsdError("name at least one --model or --system")
+
+
+NORMALISE_HELP = "Domain-wise score normalisation, as detect's --normalise (give the settings detect used, and the bundle scores as detect did): none, domain-z or local-density."
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """asdtool export: Write one detector bundle (.asd): a fine-tuned model, or a system of several with their weights, its memory banks, normalisation and decision thresholds.
+
+    The detector settings are detect's; give the ones detect used and a clip scored through the
+    bundle gets the score detect gave it.
+    """
+
+    SECTION = Section("export")
+
+    model: list[Path] = option(help="Model folder written by asdtool finetune (repeat for a system's members).", recipe=False)
+    embeddings: list[Path] = option(help="Embedding store of each --model, in the same order: its training clips are the memory bank.", recipe=False)
+    out: Path = option(help="Bundle file to write (.asd: safetensors tensors + JSON metadata, no pickle).", recipe=False)
+    weights: list[float] = option([], "A system's fusion weight per --model (z-normalised linear fusion, as asdtool ensemble).")
+    search: Path | None = option(None, "Take the weights from an ensemble --search-out JSON (its best weights; its models must be the --model folders' names, in order).", recipe=False)
+    k: int = option(1, "Score = mean cosine distance to the k nearest training embeddings (detect's --k).")
+    smote_ratio: float = option(1.0, "detect's --smote-ratio.")
+    smote_k: int = option(5, "detect's --smote-k.")
+    seed: int = option(0, "detect's --seed (of SMOTE).")
+    normalise: str = option("none", NORMALISE_HELP, choices=("none", "domain-z", "local-density"))
+    density_k: int = option(2, "detect's --density-k (local-density).")
+    decision_quantile: float = option(0.9, "Gamma quantile of each section's decision threshold, fitted to its training clips' scores (as submit).")
+
+    def validate(self) -> None:
+        _at_least(self, 1, "k", "smote_k", "density_k")
+        _check_seed(self)
+        if len(self.model) != len(self.embeddings):
+            raise AsdError(f"give one --embeddings store per --model ({len(self.model)} models, {len(self.embeddings)} stores)")
+        if self.weights and self.search is not None:
+            raise AsdError("give --weights or --search, not both")
+        if not 0.0 < self.decision_quantile < 1.0:
+            raise AsdError(f"--decision-quantile must lie strictly between 0 and 1, got {self.decision_quantile}")
+
+
+@dataclass(kw_only=True)
+class ScoreConfig:
+    """asdtool score: Score recordings with a detector bundle: per window and per recording, with the section's threshold and decision.
+
+    The machine type of a file is the nearest folder above it named as one of the bundle's machine
+    types (the DCASE layout <machine>/test/...), or --machine; its section comes from the file name
+    (section_NN_..., id_NN_...), --section, or is the machine type's only section. Exit code 2 with
+    --fail-on-anomaly when any recording is anomalous.
+    """
+
+    SECTION = Section("score")
+
+    bundle: Path = option(help="Detector bundle written by asdtool export.", flag="BUNDLE", positional=True, recipe=False)
+    paths: list[str] = option(help="Audio files, folders (every .wav/.flac below), glob patterns, or - for one recording's bytes on stdin.", flag="PATH...", positional=True, recipe=False)
+    machine: str | None = option(None, "Machine type of every recording. (default: from each file's folders)")
+    section: str | None = option(None, "Section of every recording, e.g. 00. (default: from each file name)")
+    hop: float | None = option(None, "Seconds between window starts of a recording longer than the bundle's clip length. (default: the clip length)")
+    aggregate: str = option("max", "A recording's score from its windows': max or mean.", choices=("max", "mean"))
+    out: Path | None = option(None, "Write the results: .csv (file,machine,section,score,threshold,decision) or .json (with every window).", recipe=False)
+    fail_on_anomaly: bool = option(False, "Exit with code 2 when any recording is anomalous (for scripts and CI).", recipe=False)
+    batch_size: int = option(16, "Windows per forward pass.", recipe=False)
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
+    threads: int | None = option(None, "CPU threads of torch. (default: torch's choice)", recipe=False)
+
+    def validate(self) -> None:
+        _at_least(self, 1, "batch_size", "threads")
+        _positive(self, "hop")
+        if self.out is not None and self.out.suffix.lower() not in (".csv", ".json"):
+            raise AsdError(f"--out must end in .csv or .json, got {self.out.name}")
+        if self.section is not None and not re.fullmatch(r"\d{2}", self.section):
+            raise AsdError(f"--section must be two digits such as 00, got {self.section!r}")

@@ -264,36 +264,30 @@ def _mean_smallest(values: np.ndarray, k: int) -> float:
     return float(np.partition(np.clip(values, 0.0, 2.0), k - 1)[:k].mean())
 
 
+def _radius(banks: _DensityBanks, sm: SmoteResult, tgt_idx: np.ndarray, row: int, leave_out: int = -1) -> float:
+    """Return r of bank row `row` (training clips first, then the SMOTE points), never using clip `leave_out`."""
+    n = len(banks.x)
+    if row < n:
+        return banks.of_clip(row, leave_out)
+    return banks.of_point(sm.synthetic[row - n], sm.parents[row - n], tgt_idx, leave_out)
+
+
 def local_density(
     x: np.ndarray, domain: np.ndarray, sm: SmoteResult, tgt_idx: np.ndarray, density_k: int,
-    train_scores: np.ndarray, train_nn: np.ndarray, test_scores: np.ndarray, test_nn: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, Normalisation]:  # fmt: skip
-    """Return (training, test scores) divided by the density radius r of each clip's nearest bank point.
+    train_scores: np.ndarray, train_nn: np.ndarray,
+) -> tuple[np.ndarray, _DensityBanks, Normalisation]:  # fmt: skip
+    """Return (training scores divided by the density radius r of each one's nearest bank point, the banks, info).
 
     Bank rows are the training clips `x` (unit rows, store order) then the SMOTE points `sm.synthetic`;
-    `*_nn` are the nearest bank rows. Training clip i (scored leave-one-out) is left out of the density
-    bank of its neighbour.
+    `train_nn` are the nearest bank rows. Training clip i (scored leave-one-out) is left out of the
+    density bank of its neighbour. New clips are divided by `_radius(banks, ...)` of their neighbour.
     """
     banks = _DensityBanks(x, domain, density_k)
-    n = len(x)
-
-    def radius(row: int, leave_out: int = -1) -> float:
-        if row < n:
-            return banks.of_clip(row, leave_out)
-        return banks.of_point(sm.synthetic[row - n], sm.parents[row - n], tgt_idx, leave_out)
-
-    r_train = np.array([radius(int(j), i) for i, j in enumerate(train_nn)], dtype=np.float64)
-    r_test = np.array([radius(int(j)) for j in test_nn], dtype=np.float64)
+    r_train = np.array([_radius(banks, sm, tgt_idx, int(j), i) for i, j in enumerate(train_nn)], dtype=np.float64)
     info = Normalisation("local-density")
     info.density_k = {d: banks.k_used(d) for d in (SOURCE, TARGET) if np.any(domain == d)}
-    nn_domain = np.where(np.asarray(test_nn) < n, domain[np.minimum(test_nn, n - 1)], TARGET)
-    info.test_nn_target = int(np.sum(nn_domain == TARGET))
     info.fallback = _fallback_note(banks.fell_back)
-    return (
-        np.asarray(train_scores, np.float64) / np.maximum(r_train, _SCALE_FLOOR),
-        np.asarray(test_scores, np.float64) / np.maximum(r_test, _SCALE_FLOOR),
-        info,
-    )
+    return np.asarray(train_scores, np.float64) / np.maximum(r_train, _SCALE_FLOOR), banks, info
 
 
 # --- the detector --------------------------------------------------------------------------------
@@ -323,11 +317,55 @@ class Detection:
     machines: dict[str, MachineDetection] = field(default_factory=dict)
 
 
-def detect_machine(
-    train: Group, test: Group | None, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0,
+@dataclass
+class FittedSection:
+    """One section's detector fitted on its training embeddings: everything that scores a new clip.
+
+    `bank` holds the unit training rows (store order), then the SMOTE points; `bank_domain` their
+    domains (SMOTE points: target). `train_scores` are the training clips' own scores (leave-one-out,
+    normalised as the new clips' will be).
+    """
+
+    bank: np.ndarray
+    bank_domain: np.ndarray
+    k: int
+    normalise: str
+    train_scores: np.ndarray
+    info: MachineDetection
+    smote: SmoteResult
+    tgt_idx: np.ndarray
+    banks: _DensityBanks | None = None  # local-density
+
+    @property
+    def dim(self) -> int:
+        return self.bank.shape[1]
+
+    def score(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (anomaly scores, domain of the nearest bank point) of embeddings [Q, D]."""
+        values = np.asarray(values)
+        if values.ndim != 2 or values.shape[1] != self.dim:
+            raise AsdError(f"embeddings of shape {tuple(values.shape)} do not fit a bank of {self.dim} dimensions")
+        raw = nearest_cosine_distance(self.bank, values, self.k)
+        nn = nearest_rows(self.bank, values) if len(values) else np.zeros(0, dtype=np.int64)
+        nn_domain = self.bank_domain[nn]
+        if self.normalise == "none":
+            return raw, nn_domain
+        if self.normalise == "domain-z":
+            out = np.empty_like(raw)
+            for d, (mean, std) in self.info.normalisation.stats.items():
+                on = nn_domain == d
+                out[on] = (raw[on] - mean) / std
+            return out, nn_domain
+        r = np.array([_radius(self.banks, self.smote, self.tgt_idx, int(j)) for j in nn], dtype=np.float64)
+        self.info.normalisation.fallback = _fallback_note(self.banks.fell_back)
+        return raw / np.maximum(r, _SCALE_FLOOR), nn_domain
+
+
+def fit_section(
+    train: Group, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0,
     normalise: str = "none", density_k: int = 2,
-) -> tuple[np.ndarray, np.ndarray | None, MachineDetection]:  # fmt: skip
-    """Return (train scores leave-one-out, test scores, what was done) of one machine type."""
+) -> FittedSection:  # fmt: skip
+    """Return the detector of one machine type (or section) fitted on its training embeddings."""
     check_normalisation(normalise, density_k)
     x = l2_normalise(train.values)  # (N, D)
     if np.any(train.domain == -1):
@@ -336,6 +374,7 @@ def detect_machine(
     tgt_idx = np.flatnonzero(train.domain == TARGET)
     sm = smote_target_domain(x[src_idx], x[tgt_idx], smote_ratio, smote_k, seed)
     bank = np.concatenate([x, sm.synthetic])  # training clips in store order, then the synthetic points
+    bank_domain = np.concatenate([np.asarray(train.domain), np.full(len(sm.synthetic), TARGET)]).astype(np.int64)
 
     # leave-one-out: clip i skips its own row and the synthetic points with it as an endpoint
     excluded: list[np.ndarray] = [np.array([i]) for i in range(len(x))]
@@ -345,30 +384,40 @@ def detect_machine(
     if len(bank) - max(len(e) for e in excluded) < k:
         raise AsdError(f"{len(x)} training clips are too few to score them leave-one-out with k={k}")
     train_scores = nearest_cosine_distance(bank, x, k, excluded)
-    test_scores = None
-    if test is not None and len(test):
-        if test.values.shape[1] != x.shape[1]:
-            raise AsdError(f"test embeddings have {test.values.shape[1]} dimensions, training ones {x.shape[1]}")
-        test_scores = nearest_cosine_distance(bank, test.values, k)
-    info = MachineDetection("", len(src_idx), len(tgt_idx), sm, 0 if test is None else len(test))
+    info = MachineDetection("", len(src_idx), len(tgt_idx), sm, 0)
+    fitted = FittedSection(bank, bank_domain, k, normalise, train_scores, info, sm, tgt_idx)
     if normalise == "none":
-        return train_scores, test_scores, info
+        return fitted
 
     # the nearest bank point (the first of the k) decides the domain a clip is normalised in
     train_nn = nearest_rows(bank, x, excluded)
-    test_values = test.values if test_scores is not None else np.zeros((0, x.shape[1]))
-    test_nn = nearest_rows(bank, test_values)
-    raw_test = test_scores if test_scores is not None else np.zeros(0)
     if normalise == "domain-z":
-        bank_domain = np.concatenate([train.domain, np.full(len(sm.synthetic), TARGET)])
-        train_scores, normed_test, info.normalisation = domain_z(
-            train_scores, train.domain, bank_domain[train_nn], raw_test, bank_domain[test_nn]
+        fitted.train_scores, _, info.normalisation = domain_z(
+            train_scores, train.domain, bank_domain[train_nn], np.zeros(0), np.zeros(0, dtype=np.int64)
         )
     else:
-        train_scores, normed_test, info.normalisation = local_density(
-            x, train.domain, sm, tgt_idx, density_k, train_scores, train_nn, raw_test, test_nn
+        fitted.train_scores, fitted.banks, info.normalisation = local_density(
+            x, train.domain, sm, tgt_idx, density_k, train_scores, train_nn
         )
-    return train_scores, (normed_test if test_scores is not None else None), info
+    return fitted
+
+
+def detect_machine(
+    train: Group, test: Group | None, k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0,
+    normalise: str = "none", density_k: int = 2,
+) -> tuple[np.ndarray, np.ndarray | None, MachineDetection]:  # fmt: skip
+    """Return (train scores leave-one-out, test scores, what was done) of one machine type."""
+    fitted = fit_section(train, k, smote_ratio, smote_k, seed, normalise, density_k)
+    info = fitted.info
+    test_scores = None
+    if test is not None and len(test):
+        if test.values.shape[1] != fitted.dim:
+            raise AsdError(f"test embeddings have {test.values.shape[1]} dimensions, training ones {fitted.dim}")
+        test_scores, nn_domain = fitted.score(test.values)
+        info.n_test = len(test)
+        if info.normalisation is not None:
+            info.normalisation.test_nn_target = int(np.sum(nn_domain == TARGET))
+    return fitted.train_scores, test_scores, info
 
 
 def detect_store(

@@ -1,0 +1,530 @@
+"""Detector bundles: one file holding everything that scores a new recording, and scoring with it.
+
+`asdtool export` fits the detector of a model (or of a system: several models and their fusion
+weights) on the normal training embeddings of every machine type and section, and writes one
+safetensors file:
+
+- tensors `m<i>/model/<key>`: member i's classifier weights (LoRA adapters merged into the
+  backbone, so the bundle needs no pre-trained file and no peft at scoring time);
+- tensors `m<i>/bank/<machine>/<section>/embeddings` (float32 [N, D]) and `.../domain` (int8 [N]):
+  the training embeddings the detector's memory bank is built from;
+- metadata `asdtool_bundle`: a JSON document with the format version, the asdtool version, each
+  member's architecture (`build_args`), clip length, channel and detector settings (k, SMOTE,
+  normalisation), the system's z-normalisation statistics and weights, the decision threshold of
+  every section (the gamma fit of the training clips' own scores, as `submit`), the params of the
+  fine-tuning runs and the fingerprints of the checkpoints and clip lists, and a sha256 over the
+  whole content, which `load_bundle` checks.
+
+Loading uses safetensors and JSON only (no pickle): a bundle cannot run code. The memory banks are
+refitted at load exactly as `detect` fits them (SMOTE is seeded), so a clip scored through a
+bundle gets the score `detect` gave it.
+
+A system's score is sum_i w_i (s_i - mean_i) / std_i over its members, with each member's mean and
+std of the test-clip scores per machine type that `ensemble` used when the bundle was exported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from asdtool import __version__
+from asdtool.errors import AsdError
+
+FORMAT = "asdtool-detector-bundle"
+FORMAT_VERSION = 1
+META_KEY = "asdtool_bundle"
+SUFFIX = ".asd"
+AGGREGATES = ("max", "mean")
+
+
+# ----------------------------------------------------------------------------- what a bundle holds
+
+
+@dataclass
+class Member:
+    """One model of a bundle: its embedder, how it hears a clip, and its fitted detectors."""
+
+    name: str
+    model: object  # torch module with .embed(wave [B, T]) -> [B, E]
+    seconds: float
+    channel: str
+    detector: dict  # k, smote_ratio, smote_k, seed, normalise, density_k
+    stats: dict[str, tuple[float, float]]  # machine -> (mean, std) of a system member; {} for a single model
+    banks: dict[tuple[str, str], object] = field(default_factory=dict)  # (machine, section) -> detect.FittedSection
+
+
+@dataclass
+class Bundle:
+    """A loaded detector: members, fusion weights (None: one model, raw scores) and section thresholds."""
+
+    path: Path
+    meta: dict
+    members: list[Member]
+    weights: list[float] | None
+    thresholds: dict[tuple[str, str], float]
+    device: object = None
+
+    @property
+    def seconds(self) -> float:
+        return self.members[0].seconds
+
+    @property
+    def machines(self) -> dict[str, list[str]]:
+        """Return {machine type: its sections}."""
+        out: dict[str, list[str]] = {}
+        for machine, section in self.thresholds:
+            out.setdefault(machine, []).append(section)
+        return {m: sorted(s) for m, s in sorted(out.items(), key=lambda kv: kv[0].lower())}
+
+
+@dataclass
+class RecordingScore:
+    """The score of one recording: per window and aggregated, with the section's threshold."""
+
+    name: str
+    machine: str
+    section: str
+    window_starts: list[float]  # seconds
+    window_scores: list[float]
+    score: float
+    threshold: float
+
+    @property
+    def decision(self) -> int:
+        """1 when anomalous: the score exceeds the threshold (the organisers' rule)."""
+        return int(self.score > self.threshold)
+
+    def row(self) -> dict:
+        return {"file": self.name, "machine": self.machine, "section": self.section, "score": self.score,
+                "threshold": self.threshold, "decision": self.decision}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    members: list[str]
+    weights: list[float] | None
+    sections: dict[tuple[str, str], tuple[int, float]]  # (machine, section) -> (training clips, threshold)
+    bytes: int
+
+
+def merged_state(model) -> tuple[dict, dict]:
+    """Return (build_args without LoRA, state dict) of a classifier with any LoRA adapters merged into its backbone(s)."""
+    import copy
+
+    model = copy.deepcopy(model).cpu()
+    branches = [model.beats, model.eat] if hasattr(model, "beats") else [model.branch]
+    for branch in branches:
+        if hasattr(branch.backbone, "merge_and_unload"):  # a peft wrapper: fold B @ A into the frozen weights
+            branch.backbone = branch.backbone.merge_and_unload()
+    args = dict(model.build_args)
+    args["lora_rank"], args["lora_alpha"], args["lora_dropout"] = 0, None, 0.0
+    return args, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}  # tied weights as copies
+
+
+def export_bundle(
+    models: Sequence[str | Path], embeddings: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None,
+    k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0, normalise: str = "none", density_k: int = 2,
+    decision_quantile: float = 0.9, progress: Callable[[str], None] | None = None,
+) -> ExportResult:  # fmt: skip
+    """Write the detector bundle of one model (no `weights`) or of a system (one weight per model) to `out`."""
+    import torch
+    from safetensors.torch import save_file
+
+    from asdtool import metrics, store as stores
+    from asdtool.atomic import atomic_path, check_output
+    from asdtool.checkpoint import config_dict, load_finetuned
+    from asdtool.detect import check_normalisation, detect_store
+    from asdtool.ensemble import check_weights
+
+    out = Path(out)
+    if len(models) != len(embeddings) or not models:
+        raise AsdError(f"give one --embeddings store per --model ({len(models)} models, {len(embeddings)} stores)")
+    if weights is not None:
+        w = check_weights(weights, len(models)).tolist()
+    elif len(models) > 1:
+        raise AsdError("a system of several models needs one --weights per --model")
+    else:
+        w = None
+    check_normalisation(normalise, density_k)
+    if not 0.0 < decision_quantile < 1.0:
+        raise AsdError(f"--decision-quantile must lie strictly between 0 and 1, got {decision_quantile}")
+    check_output(out, folder=False)
+
+    tensors: dict[str, object] = {}
+    members_meta, scores_by_member, clips_of = [], [], None
+    for i, (model_dir, store_path) in enumerate(zip(models, embeddings)):
+        if progress:
+            progress(f"member {i + 1}/{len(models)}: {Path(model_dir).name}")
+        trained = load_finetuned(model_dir)
+        emb = stores.read_store(store_path, stores.EMBEDDINGS)
+        if emb.meta.checkpoint_sha256 != trained.checkpoint_sha256:
+            raise AsdError(f"was embedded with another checkpoint than {trained.path}", store_path)
+        if clips_of is None:
+            clips_of = (emb.meta.clips_sha256, Path(store_path))
+        elif emb.meta.clips_sha256 != clips_of[0]:
+            raise AsdError(f"holds other clips than {clips_of[1]}: the members of a system must embed the same data", store_path)
+        if trained.config.seconds != (members_meta[0]["seconds"] if members_meta else trained.config.seconds):
+            raise AsdError(f"cuts clips to {trained.config.seconds} s, the first member to {members_meta[0]['seconds']} s: "
+                           "the members of a system must share the clip length", model_dir)  # fmt: skip
+        detection = detect_store(emb, k=k, smote_ratio=smote_ratio, smote_k=smote_k, seed=seed, normalise=normalise,
+                                 density_k=density_k)  # fmt: skip
+        scores_by_member.append(detection)
+        build_args, state = merged_state(trained.model)
+        for key, value in state.items():
+            tensors[f"m{i}/model/{key}"] = value
+        for machine in emb.machines:
+            train = emb.get(machine, "train")
+            sections = np.array(train.sections)
+            for section in sorted(set(sections.tolist())):
+                rows = np.flatnonzero(sections == section)
+                part = train.subset(rows)
+                tensors[f"m{i}/bank/{machine}/{section}/embeddings"] = torch.from_numpy(np.ascontiguousarray(part.values, np.float32))
+                tensors[f"m{i}/bank/{machine}/{section}/domain"] = torch.from_numpy(np.ascontiguousarray(part.domain, np.int8))
+        stats = {}
+        if w is not None:  # the system's z-normalisation: the test-clip statistics `ensemble` used
+            for machine in emb.machines:
+                test = detection.scores.get((machine, "test"))
+                if test is None or not len(test):
+                    raise AsdError(f"has no test clips of {machine}: a system's z-normalisation needs its test-clip scores",
+                                   store_path)  # fmt: skip
+                std = float(test.values.std())
+                stats[machine] = [float(test.values.mean()), std if std > 0 else 1.0]
+        members_meta.append({
+            "name": Path(model_dir).name,
+            "build_args": build_args,
+            "seconds": float(trained.config.seconds),
+            "channel": trained.config.channel,
+            "detector": {"k": k, "smote_ratio": smote_ratio, "smote_k": smote_k, "seed": seed, "normalise": normalise,
+                         "density_k": density_k},
+            "stats": stats,
+            "checkpoint_sha256": trained.checkpoint_sha256,
+            "clips_sha256": emb.meta.clips_sha256,
+            "params": config_dict(trained.config),
+        })  # fmt: skip
+
+    # the score of every training clip (leave-one-out) as the bundle will score it, per section
+    first = scores_by_member[0]
+    machines = list(dict.fromkeys(m for m, _ in first.scores))
+    thresholds: dict[str, dict[str, float]] = {}
+    sections_out: dict[tuple[str, str], tuple[int, float]] = {}
+    for machine in machines:
+        train = first.scores[(machine, "train")]
+        if w is None:
+            fused = train.values.astype(np.float64)
+        else:  # as ensemble.fuse computes it, to the last bit: the gamma fit below is sensitive to that
+            z = np.array([(det.scores[(machine, "train")].values - mm["stats"][machine][0]) / mm["stats"][machine][1]
+                          for det, mm in zip(scores_by_member, members_meta)])  # fmt: skip
+            fused = np.asarray(w, dtype=np.float64) @ z
+        sections = np.array(train.sections)
+        for section in sorted(set(sections.tolist())):
+            part = fused[sections == section]
+            try:
+                thr = metrics.decision_threshold(part.tolist(), decision_quantile)
+            except AsdError as exc:
+                raise AsdError(f"{machine} section {section}: {exc.problem}", embeddings[0]) from None
+            if not math.isfinite(thr):
+                raise AsdError(f"{machine} section {section}: the gamma fit of the training scores gave no threshold", embeddings[0])
+            thresholds.setdefault(machine, {})[section] = thr
+            sections_out[(machine, section)] = (len(part), thr)
+
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "asdtool_version": __version__,
+        "kind": "model" if w is None else "system",
+        "members": members_meta,
+        "weights": w,
+        "decision_quantile": decision_quantile,
+        "thresholds": thresholds,
+    }
+    meta["content_sha256"] = content_sha256(meta, tensors)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    return ExportResult(out, [m["name"] for m in members_meta], w, sections_out, out.stat().st_size)
+
+
+def content_sha256(meta: dict, tensors: dict) -> str:
+    """Return the sha256 over the metadata (less this hash) and every tensor's name, dtype, shape and bytes."""
+    import torch
+
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "content_sha256"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def read_bundle_meta(path: str | Path) -> dict:
+    """Return the metadata of a bundle file after checking its format and version (no tensors read)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise AsdError("bundle file does not exist", path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise AsdError(f"is not an asdtool detector bundle (unreadable: {str(exc).splitlines()[0][:120]})", path) from None
+    if raw is None:
+        raise AsdError("is not an asdtool detector bundle (a safetensors file without its metadata)", path)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise AsdError("is not an asdtool detector bundle (its metadata is not JSON)", path) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise AsdError("is not an asdtool detector bundle", path)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise AsdError(f"is bundle format {meta.get('format_version')} (asdtool {meta.get('asdtool_version')}); this asdtool "
+                       f"{__version__} reads format {FORMAT_VERSION}: export it again", path)  # fmt: skip
+    return meta
+
+
+def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
+    """Return a bundle ready to score: its content hash checked, its models rebuilt, its detectors fitted."""
+    import torch
+    from safetensors.torch import load_file
+
+    from asdtool.detect import fit_section
+    from asdtool.distributed import resolve_device
+    from asdtool.models.classifier import build_classifier
+    from asdtool.store import Group
+
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise AsdError(f"cannot read the bundle's tensors ({str(exc).splitlines()[0][:120]})", path) from None
+    if content_sha256(meta, tensors) != meta.get("content_sha256"):
+        raise AsdError("has been modified since it was exported (content sha256 mismatch)", path)
+    dev = resolve_device(device)
+    members = []
+    for i, m in enumerate(meta["members"]):
+        prefix = f"m{i}/model/"
+        torch.manual_seed(0)
+        try:
+            model = build_classifier(**m["build_args"])
+        except (TypeError, ValueError) as exc:
+            raise AsdError(f"member {m['name']}: cannot rebuild its model ({exc})", path) from None
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise AsdError(f"member {m['name']}: weights do not fit its model ({len(missing)} missing, {len(unexpected)} unexpected)", path)
+        model.to(dev).eval()
+        member = Member(m["name"], model, float(m["seconds"]), m["channel"], m["detector"],
+                        {k: tuple(v) for k, v in m["stats"].items()})  # fmt: skip
+        for machine, sections in meta["thresholds"].items():
+            for section in sections:
+                base = f"m{i}/bank/{machine}/{section}/"
+                if base + "embeddings" not in tensors:
+                    raise AsdError(f"member {m['name']} has no memory bank of {machine} section {section}", path)
+                values = tensors[base + "embeddings"].numpy()
+                domain = tensors[base + "domain"].numpy()
+                n = len(values)
+                group = Group([f"section_{section}_{j:04d}.wav" for j in range(n)], domain, np.full(n, -1, np.int8), [""] * n, values)
+                d = m["detector"]
+                member.banks[(machine, section)] = fit_section(group, d["k"], d["smote_ratio"], d["smote_k"], d["seed"],
+                                                               d["normalise"], d["density_k"])  # fmt: skip
+        members.append(member)
+    thresholds = {(mc, s): float(t) for mc, secs in meta["thresholds"].items() for s, t in secs.items()}
+    return Bundle(path, meta, members, meta["weights"], thresholds, dev)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Return the start samples of the windows of a recording: every `hop`, plus one ending at its end.
+
+    A recording of at most one window is one window (zero-padded, as `embed` pads a short clip).
+    """
+    if n_samples <= window:
+        return [0]
+    starts = list(range(0, n_samples - window + 1, hop))
+    if starts[-1] + window < n_samples:
+        starts.append(n_samples - window)
+    return starts
+
+
+def _views(channel: str, channels: np.ndarray) -> tuple[str, ...]:
+    """Return the single channels a member hears: its own, or both microphones of a stereo clip (`both`)."""
+    if channel != "both":
+        return (channel,)
+    return ("left", "right") if channels.shape[0] == 2 else ("left",)
+
+
+def score_recordings(
+    bundle: Bundle, recordings: Iterable[tuple[Recording, np.ndarray]], hop: float | None = None, aggregate: str = "max",
+    batch_size: int = 16, progress: Callable[[], None] | None = None,
+) -> list[RecordingScore]:  # fmt: skip
+    """Score recordings (each with its channels [C, T] at 16 kHz), window by window, batched across recordings.
+
+    Windows of the bundle's clip length start every `hop` seconds (default: the clip length), plus
+    one that ends at the recording's end; a recording of one clip length or less is one window,
+    zero-padded. The windows of consecutive recordings share batches of `batch_size`, so clips
+    given in a store's order embed in the batches `embed` used. `progress()` follows each recording read.
+    """
+    import torch
+
+    from asdtool.data.audio import SAMPLE_RATE, fit_length, pick_channel
+    from asdtool.embed import _embed_batch
+
+    if aggregate not in AGGREGATES:
+        raise AsdError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    if batch_size < 1:
+        raise AsdError(f"batch size must be at least 1, got {batch_size}")
+    window = int(round(bundle.seconds * SAMPLE_RATE))
+    hop_n = window if hop is None else int(round(hop * SAMPLE_RATE))
+    if hop_n < 1:
+        raise AsdError(f"--hop must be positive, got {hop}")
+    autocast = bundle.device.type == "cuda"
+    # per (member, view): windows waiting for a batch, and the embeddings made, with their recording index
+    pending: dict[tuple[int, str], list[tuple[int, np.ndarray]]] = {}
+    made: dict[tuple[int, str], list[tuple[int, np.ndarray]]] = {}
+
+    def flush(key: tuple[int, str]) -> None:
+        items = pending.pop(key, [])
+        if not items:
+            return
+        waves = np.stack([w for _, w in items]).astype(np.float32)
+        with torch.inference_mode():
+            emb = _embed_batch(bundle.members[key[0]].model, waves, bundle.device, autocast)
+        made.setdefault(key, []).extend((r, e) for (r, _), e in zip(items, emb))
+
+    recs: list[Recording] = []
+    starts_of: list[list[int]] = []
+    views_of: list[list[tuple[str, ...]]] = []
+    for index, (rec, channels) in enumerate(recordings):
+        if (rec.machine, rec.section) not in bundle.thresholds:
+            known = ", ".join(f"{m} ({', '.join(s)})" for m, s in bundle.machines.items())
+            raise AsdError(f"the bundle has no detector for {rec.machine} section {rec.section} (it has: {known})", rec.name)
+        starts = window_starts(channels.shape[-1], window, hop_n)
+        recs.append(rec)
+        starts_of.append(starts)
+        views_of.append([])
+        for m, member in enumerate(bundle.members):
+            views = _views(member.channel, channels)
+            views_of[-1].append(views)
+            for view in views:
+                wave = pick_channel(channels, view, rec.name)
+                for s in starts:
+                    pending.setdefault((m, view), []).append((index, fit_length(wave[s : s + window], window)))
+                    if len(pending[(m, view)]) == batch_size:
+                        flush((m, view))
+        if progress:
+            progress()
+    for key in list(pending):
+        flush(key)
+
+    by_rec: dict[tuple[int, str], dict[int, list[np.ndarray]]] = {}
+    for key, rows in made.items():
+        for r, e in rows:
+            by_rec.setdefault(key, {}).setdefault(r, []).append(e)
+    results = []
+    for index, rec in enumerate(recs):
+        total, z = None, []
+        for m, member in enumerate(bundle.members):
+            views = views_of[index][m]
+            emb = np.stack(by_rec[(m, views[0])][index])
+            if len(views) == 2:  # both microphones: the mean of the two views' embeddings, as embed --channel both
+                emb = (emb + np.stack(by_rec[(m, views[1])][index])) / 2
+            raw, _ = member.banks[(rec.machine, rec.section)].score(emb)
+            if bundle.weights is None:
+                total = raw
+            else:
+                mean, std = member.stats[rec.machine]
+                z.append((raw - mean) / std)
+        if bundle.weights is not None:  # as ensemble.fuse: the weights times the members' z-scores
+            total = np.asarray(bundle.weights, dtype=np.float64) @ np.array(z)
+        scores = [float(v) for v in total]
+        value = max(scores) if aggregate == "max" else float(np.mean(scores))
+        results.append(RecordingScore(rec.name, rec.machine, rec.section, [s / SAMPLE_RATE for s in starts_of[index]],
+                                      scores, value, bundle.thresholds[(rec.machine, rec.section)]))  # fmt: skip
+    return results
+
+
+# ----------------------------------------------------------------------------- inputs of `asdtool score`
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+STDIN = "-"
+
+
+@dataclass
+class Recording:
+    """One input of `asdtool score`: where its audio is, what to call it, and its machine type and section."""
+
+    name: str
+    path: Path
+    machine: str
+    section: str
+
+
+def expand_paths(items: Sequence[str]) -> list[str | Path]:
+    """Return the audio files that files, folders (every .wav/.flac below) and glob patterns name, in order, once each; `-` stays."""
+    import glob
+
+    out: dict[str | Path, None] = {}
+    for item in items:
+        if item == STDIN:
+            out[STDIN] = None
+            continue
+        path = Path(item)
+        if path.is_file():
+            out[path] = None
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            if not found:
+                raise AsdError("holds no .wav or .flac files", path)
+            out.update(dict.fromkeys(found))
+        elif glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not found:
+                raise AsdError("matches no file", item)
+            out.update(dict.fromkeys(found))
+        else:
+            raise AsdError("no such file or folder", path)
+    return list(out)
+
+
+def recording_of(bundle: Bundle, path: Path, name: str, machine: str | None, section: str | None) -> Recording:
+    """Return a recording with its machine type (given, or the nearest folder above it named as one of the bundle's) and section."""
+    from asdtool.data.layouts import section_of
+
+    known = bundle.machines
+    if machine is None:
+        machine = next((p.name for p in path.resolve().parents if p.name in known), None) if name != STDIN else None
+        if machine is None and len(known) == 1:
+            machine = next(iter(known))
+    if machine is None:
+        raise AsdError(f"cannot tell its machine type: no folder above it is one of the bundle's ({', '.join(known)}); "
+                       "give --machine", name)  # fmt: skip
+    if machine not in known:
+        raise AsdError(f"the bundle has no machine type {machine!r} (it has {', '.join(known)})", name)
+    if section is None:
+        try:
+            section = section_of(Path(name).name)
+        except ValueError:
+            if len(known[machine]) != 1:
+                raise AsdError(f"cannot tell its section from its name; give --section (one of {', '.join(known[machine])})",
+                               name) from None  # fmt: skip
+            section = known[machine][0]
+    if section not in known[machine]:
+        raise AsdError(f"the bundle has no section {section} of {machine} (it has {', '.join(known[machine])})", name)
+    return Recording(name, path, machine, section)

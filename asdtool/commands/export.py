@@ -1,0 +1,48 @@
+"""`asdtool export`: one detector bundle file from a fine-tuned model or a system."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from asdtool.config import ExportConfig
+from asdtool.errors import AsdError
+
+
+def search_weights(path: Path, models: list[Path]) -> list[float]:
+    """Return the best weights of an `ensemble --search-out` JSON whose models are the given model folders' names, in order."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        names, weights = doc["models"], doc["best"]["weights"]
+    except FileNotFoundError:
+        raise AsdError("search result does not exist", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise AsdError("is not an ensemble --search-out file (models, best.weights)", path) from None
+    given = [Path(m).name for m in models]
+    if names != given:
+        raise AsdError(f"searched the weights of {', '.join(map(str, names))}; --model gives {', '.join(given)}", path)
+    return [float(w) for w in weights]
+
+
+def run(cfg: ExportConfig) -> None:
+    """Write one detector bundle (.asd): a fine-tuned model, or a system of several with their weights."""
+    from asdtool.bundle import export_bundle
+
+    weights = search_weights(cfg.search, cfg.model) if cfg.search is not None else (cfg.weights or None)
+    console = Console(stderr=True)
+    with console.status("fitting the detectors") as status:
+        result = export_bundle(cfg.model, cfg.embeddings, cfg.out, weights, cfg.k, cfg.smote_ratio, cfg.smote_k, cfg.seed,
+                               cfg.normalise, cfg.density_k, cfg.decision_quantile,
+                               progress=lambda text: status.update(text))  # fmt: skip
+    kind = "model " + result.members[0] if result.weights is None else (
+        "system of " + ", ".join(f"{m} ({w:g})" for m, w in zip(result.members, result.weights)))
+    table = Table(title=f"export -> {cfg.out}: {kind}", title_justify="left")
+    for col in ("machine", "section", "training clips", "threshold"):
+        table.add_column(col, justify="left" if col == "machine" else "right")
+    for (machine, section), (n, thr) in result.sections.items():
+        table.add_row(machine, section, str(n), f"{thr:.4g}")
+    table.caption = f"{result.bytes / 1e6:.1f} MB; {cfg.normalise} scores, threshold at the {cfg.decision_quantile:g} gamma quantile"
+    Console().print(table)

@@ -1,0 +1,104 @@
+"""`asdtool score`: score recordings with a detector bundle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from asdtool.config import ScoreConfig
+from asdtool.errors import AsdError
+
+CSV_HEADER = ("file", "machine", "section", "score", "threshold", "decision")
+ANOMALY_EXIT = 2
+
+
+def write_results(path: Path, results) -> None:
+    """Write the results as CSV (one row per recording) or JSON (with every window), atomically."""
+    from asdtool.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(CSV_HEADER)
+                for r in results:
+                    writer.writerow([r.name, r.machine, r.section, repr(r.score), repr(r.threshold), r.decision])
+        else:
+            doc = [{**r.row(), "windows": [{"start": s, "score": v} for s, v in zip(r.window_starts, r.window_scores)]}
+                   for r in results]  # fmt: skip
+            Path(tmp).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def run(cfg: ScoreConfig) -> None:
+    """Score recordings with a detector bundle; print a table, write --out, exit 2 on an anomaly with --fail-on-anomaly."""
+    import torch
+
+    from asdtool.atomic import check_output
+    from asdtool.bundle import STDIN, expand_paths, load_bundle, recording_of, score_recordings
+    from asdtool.data.audio import check_audio, read_channels
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.out is not None:
+        check_output(cfg.out, folder=False)
+    items = expand_paths(cfg.paths)
+    bundle = load_bundle(cfg.bundle, cfg.device)
+    stdin_file = None
+    try:
+        recordings = []
+        for item in items:
+            if item == STDIN:
+                data = sys.stdin.buffer.read()
+                if not data:
+                    raise AsdError("no audio bytes on stdin", STDIN)
+                fd, stdin_file = tempfile.mkstemp(prefix="asdtool-stdin-", suffix=".audio")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                recordings.append(recording_of(bundle, Path(stdin_file), STDIN, cfg.machine, cfg.section))
+            else:
+                recordings.append(recording_of(bundle, Path(item), str(item), cfg.machine, cfg.section))
+        for rec in recordings:  # every header checked before any scoring
+            try:
+                check_audio(rec.path)
+            except AsdError as exc:
+                raise AsdError(exc.problem, rec.name) from None
+        bar = Progress(TextColumn("[bold]score"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=Console(stderr=True), transient=True)  # fmt: skip
+
+        def read_all():
+            for rec in recordings:
+                try:
+                    yield rec, read_channels(rec.path, seconds=None)
+                except AsdError as exc:
+                    raise AsdError(exc.problem, rec.name) from None
+
+        with bar:
+            task = bar.add_task("recordings", total=len(recordings))
+            results = score_recordings(bundle, read_all(), cfg.hop, cfg.aggregate, cfg.batch_size,
+                                       progress=lambda: bar.advance(task))  # fmt: skip
+    finally:
+        if stdin_file is not None:
+            Path(stdin_file).unlink(missing_ok=True)
+    if cfg.out is not None:
+        write_results(cfg.out, results)
+    table = Table(title=f"score: {cfg.bundle.name} ({bundle.meta['kind']}, {bundle.seconds:g} s windows)", title_justify="left")
+    for col in ("file", "machine", "section", "windows", "score", "threshold", "decision"):
+        table.add_column(col, justify="left" if col in ("file", "machine", "decision") else "right")
+    for r in results:
+        decision = "[bold red]anomalous[/]" if r.decision else "normal"
+        table.add_row(r.name, r.machine, r.section, str(len(r.window_scores)), f"{r.score:.4g}", f"{r.threshold:.4g}", decision)
+    anomalous = sum(r.decision for r in results)
+    table.caption = f"{anomalous} of {len(results)} anomalous ({cfg.aggregate} over windows)" + (
+        f"; wrote {cfg.out}" if cfg.out is not None else "")
+    Console().print(table)
+    if cfg.fail_on_anomaly and anomalous:
+        raise typer.Exit(ANOMALY_EXIT)
