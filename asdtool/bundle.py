@@ -11,7 +11,8 @@ safetensors file:
 - metadata `asdtool_bundle`: a JSON document with the format version, the asdtool version, each
   member's architecture (`build_args`), clip length, channel and detector settings (k, SMOTE,
   normalisation), the system's z-normalisation statistics and weights, the decision threshold of
-  every section (the gamma fit of the training clips' own scores, as `submit`), the params of the
+  every section (the gamma fit of the training clips' own scores, as `submit`) and those scores
+  (leave-one-out, what `asdtool drift` compares new scores with), the params of the
   fine-tuning runs and the fingerprints of the checkpoints and clip lists, and a sha256 over the
   whole content, which `load_bundle` checks.
 
@@ -42,6 +43,7 @@ FORMAT_VERSION = 1
 META_KEY = "asdtool_bundle"
 SUFFIX = ".asd"
 AGGREGATES = ("max", "mean")
+QUANTIZE = ("none", "int8")
 
 
 # ----------------------------------------------------------------------------- what a bundle holds
@@ -135,7 +137,7 @@ def merged_state(model) -> tuple[dict, dict]:
 def export_bundle(
     models: Sequence[str | Path], embeddings: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None,
     k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0, normalise: str = "none", density_k: int = 2,
-    decision_quantile: float = 0.9, progress: Callable[[str], None] | None = None,
+    decision_quantile: float = 0.9, progress: Callable[[str], None] | None = None, quantize: str = "none",
 ) -> ExportResult:  # fmt: skip
     """Write the detector bundle of one model (no `weights`) or of a system (one weight per model) to `out`."""
     import torch
@@ -157,6 +159,8 @@ def export_bundle(
     else:
         w = None
     check_normalisation(normalise, density_k)
+    if quantize not in QUANTIZE:
+        raise AsdError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     if not 0.0 < decision_quantile < 1.0:
         raise AsdError(f"--decision-quantile must lie strictly between 0 and 1, got {decision_quantile}")
     check_output(out, folder=False)
@@ -217,6 +221,7 @@ def export_bundle(
     first = scores_by_member[0]
     machines = list(dict.fromkeys(m for m, _ in first.scores))
     thresholds: dict[str, dict[str, float]] = {}
+    train_scores: dict[str, dict[str, list[float]]] = {}  # what drift compares new scores with
     sections_out: dict[tuple[str, str], tuple[int, float]] = {}
     for machine in machines:
         train = first.scores[(machine, "train")]
@@ -236,6 +241,7 @@ def export_bundle(
             if not math.isfinite(thr):
                 raise AsdError(f"{machine} section {section}: the gamma fit of the training scores gave no threshold", embeddings[0])
             thresholds.setdefault(machine, {})[section] = thr
+            train_scores.setdefault(machine, {})[section] = [float(v) for v in part]
             sections_out[(machine, section)] = (len(part), thr)
 
     meta = {
@@ -246,7 +252,9 @@ def export_bundle(
         "members": members_meta,
         "weights": w,
         "decision_quantile": decision_quantile,
+        "quantize": quantize,
         "thresholds": thresholds,
+        "train_scores": train_scores,
     }
     meta["content_sha256"] = content_sha256(meta, tensors)
     with atomic_path(out) as tmp:
@@ -328,6 +336,8 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
         if missing or unexpected:
             raise AsdError(f"member {m['name']}: weights do not fit its model ({len(missing)} missing, {len(unexpected)} unexpected)", path)
         model.to(dev).eval()
+        if meta.get("quantize", "none") == "int8" and dev.type == "cpu":
+            model = quantize_int8(model)
         member = Member(m["name"], model, float(m["seconds"]), m["channel"], m["detector"],
                         {k: tuple(v) for k, v in m["stats"].items()})  # fmt: skip
         for machine, sections in meta["thresholds"].items():
@@ -345,6 +355,18 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
         members.append(member)
     thresholds = {(mc, s): float(t) for mc, secs in meta["thresholds"].items() for s, t in secs.items()}
     return Bundle(path, meta, members, meta["weights"], thresholds, dev)
+
+
+def quantize_int8(model):
+    """Return the model with its linear layers quantised to int8 weights, activations quantised per batch (CPU)."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -528,3 +550,116 @@ def recording_of(bundle: Bundle, path: Path, name: str, machine: str | None, sec
     if section not in known[machine]:
         raise AsdError(f"the bundle has no section {section} of {machine} (it has {', '.join(known[machine])})", name)
     return Recording(name, path, machine, section)
+
+
+# ----------------------------------------------------------------------------- the score log (asdtool drift reads it)
+
+LOG_SCORES = "scores.csv"
+LOG_BUNDLE = "bundle.json"
+LOG_DRIFT_PLOT = "drift.png"  # where asdtool drift draws by default
+LOG_HEADER = ("time", "file", "machine", "section", "window", "start", "score", "threshold", "decision")
+
+
+def log_reference(bundle: Bundle) -> dict:
+    """Return what a log folder records of its bundle: name, content hash, thresholds and training scores."""
+    return {
+        "bundle": str(bundle.path),
+        "content_sha256": bundle.meta["content_sha256"],
+        "kind": bundle.meta["kind"],
+        "members": [m["name"] for m in bundle.meta["members"]],
+        "thresholds": bundle.meta["thresholds"],
+        "train_scores": bundle.meta["train_scores"],
+    }
+
+
+def check_log(folder: str | Path, bundle: Bundle) -> Path:
+    """Return the log folder after refusing one that logs another bundle's scores or is not a log folder."""
+    from asdtool.atomic import check_output
+
+    folder = Path(folder)
+    check_output(folder, folder=True, ours=lambda name: name in (LOG_SCORES, LOG_BUNDLE, LOG_DRIFT_PLOT) or name.startswith("."))
+    ref = folder / LOG_BUNDLE
+    if ref.exists():
+        try:
+            sha = json.loads(ref.read_text(encoding="utf-8"))["content_sha256"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            raise AsdError("is not a score log's bundle.json", ref) from None
+        if sha != bundle.meta["content_sha256"]:
+            raise AsdError("logs the scores of another bundle; give another --log folder", folder)
+    scores = folder / LOG_SCORES
+    if scores.exists():
+        with open(scores, encoding="utf-8") as f:
+            if f.readline().rstrip("\r\n") != ",".join(LOG_HEADER):
+                raise AsdError(f"is not a score log (its header is not {','.join(LOG_HEADER)})", scores)
+    return folder
+
+
+def append_log(folder: str | Path, bundle: Bundle, results: Sequence[RecordingScore], when: str) -> int:
+    """Append one row per window of `results` (scored at `when`, ISO 8601 UTC) to the log; return the rows written.
+
+    The bundle's reference is written once (atomically); rows are appended in one write, so
+    concurrent writers (score commands, the service) never interleave inside a row.
+    """
+    import csv
+    import fcntl
+    import io
+    import os
+
+    from asdtool.atomic import write_json
+
+    folder = check_log(folder, bundle)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / LOG_BUNDLE).exists():
+        write_json(folder / LOG_BUNDLE, log_reference(bundle))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    rows = 0
+    for r in results:
+        for i, (start, score) in enumerate(zip(r.window_starts, r.window_scores)):
+            writer.writerow([when, r.name, r.machine, r.section, i, f"{start:g}", repr(score), repr(r.threshold),
+                             int(score > r.threshold)])  # fmt: skip
+            rows += 1
+    path = folder / LOG_SCORES
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time: the header exactly once, whole rows
+        if os.fstat(fd).st_size == 0:
+            os.write(fd, (",".join(LOG_HEADER) + "\n").encode())
+        os.write(fd, buf.getvalue().encode("utf-8"))
+    finally:
+        os.close(fd)
+    return rows
+
+
+# ----------------------------------------------------------------------------- plots of long recordings
+
+
+def plot_name(index: int, name: str) -> str:
+    """Return the PNG file name of the `index`-th recording (its stem, made safe; the index keeps names apart)."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem)[:80] or "stdin"
+    return f"{index:04d}_{stem}.png"
+
+
+def plot_recording(path: str | Path, result: RecordingScore, seconds: float) -> None:
+    """Draw a recording's window scores over time (each at its window's centre) with the threshold, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    t = np.asarray(result.window_starts) + seconds / 2
+    s = np.asarray(result.window_scores)
+    ax.plot(t, s, color="0.3", linewidth=1)
+    above = s > result.threshold
+    ax.scatter(t[~above], s[~above], s=12, color="tab:blue", label="normal", zorder=3)
+    ax.scatter(t[above], s[above], s=12, color="tab:red", label="anomalous", zorder=3)
+    ax.axhline(result.threshold, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {result.threshold:.3g}")
+    ax.set_xlabel("time (s, window centre)")
+    ax.set_ylabel("anomaly score")
+    ax.set_title(f"{result.name}: {result.machine} section {result.section}", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)

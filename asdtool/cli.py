@@ -40,6 +40,8 @@ STAGES: dict[str, type] = {
     "submit": config.SubmitConfig,
     "export": config.ExportConfig,
     "score": config.ScoreConfig,
+    "serve": config.ServeConfig,
+    "drift": config.DriftConfig,
     "report": config.ReportConfig,
     "baseline": config.BaselineConfig,
 }

@@ -691,6 +691,7 @@ class ExportConfig:
     normalise: str = option("none", NORMALISE_HELP, choices=("none", "domain-z", "local-density"))
     density_k: int = option(2, "detect's --density-k (local-density).")
     decision_quantile: float = option(0.9, "Gamma quantile of each section's decision threshold, fitted to its training clips' scores (as submit).")
+    quantize: str = option("none", "int8: score with PyTorch dynamic int8 quantisation of the linear layers on CPU (the weights stay float32 in the file; GPUs score in float).", choices=("none", "int8"))
 
     def validate(self) -> None:
         _at_least(self, 1, "k", "smote_k", "density_k")
@@ -723,6 +724,8 @@ class ScoreConfig:
     aggregate: str = option("max", "A recording's score from its windows': max or mean.", choices=("max", "mean"))
     out: Path | None = option(None, "Write the results: .csv (file,machine,section,score,threshold,decision) or .json (with every window).", recipe=False)
     fail_on_anomaly: bool = option(False, "Exit with code 2 when any recording is anomalous (for scripts and CI).", recipe=False)
+    log: Path | None = option(None, "Append every window's result to this folder's scores.csv (time, file, machine, section, window, start, score, threshold, decision), for asdtool drift.", recipe=False)
+    plot: Path | None = option(None, "Folder for one PNG per recording of several windows: its score over time and the threshold.", recipe=False)
     batch_size: int = option(16, "Windows per forward pass.", recipe=False)
     device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
     threads: int | None = option(None, "CPU threads of torch. (default: torch's choice)", recipe=False)
@@ -734,3 +737,49 @@ class ScoreConfig:
             raise AsdError(f"--out must end in .csv or .json, got {self.out.name}")
         if self.section is not None and not re.fullmatch(r"\d{2}", self.section):
             raise AsdError(f"--section must be two digits such as 00, got {self.section!r}")
+
+
+@dataclass(kw_only=True)
+class ServeConfig:
+    """asdtool serve: Serve a detector bundle over HTTP: POST /score (a WAV or FLAC file), GET /health, GET /info.
+
+    The bundle is loaded once; requests arriving together are scored in one batch. A file's machine
+    type and section come from its file name (<machine>/.../section_NN_...wav, as on disk) or from
+    the query (?machine=&section=).
+    """
+
+    SECTION = Section("serve")
+
+    bundle: Path = option(help="Detector bundle written by asdtool export.", flag="BUNDLE", positional=True, recipe=False)
+    host: str = option("127.0.0.1", "Address to listen on (0.0.0.0: every interface).", recipe=False)
+    port: int = option(8000, "TCP port to listen on.", recipe=False)
+    max_bytes: int = option(50_000_000, "Largest request body accepted, in bytes (larger: HTTP 413).", recipe=False)
+    batch_size: int = option(16, "Windows per forward pass; requests waiting together share batches.", recipe=False)
+    max_wait_ms: float = option(5.0, "How long a request waits for others to fill its batch, in milliseconds.", recipe=False)
+    hop: float | None = option(None, "Seconds between window starts of a recording longer than the bundle's clip length. (default: the clip length)")
+    aggregate: str = option("max", "A recording's score from its windows': max or mean.", choices=("max", "mean"))
+    log: Path | None = option(None, "Append every window's result to this folder's scores.csv, as asdtool score --log.", recipe=False)
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
+    threads: int | None = option(None, "CPU threads of torch. (default: torch's choice)", recipe=False)
+
+    def validate(self) -> None:
+        _at_least(self, 1, "batch_size", "threads", "max_bytes")
+        _positive(self, "hop")
+        _at_least(self, 0, "max_wait_ms")
+        if not 0 < self.port < 65536:
+            raise AsdError(f"--port must lie in 1..65535, got {self.port}")
+
+
+@dataclass(kw_only=True)
+class DriftConfig:
+    """asdtool drift: Compare the recent scores of a --log folder with the bundle's training scores, per machine type and section (table and PNG)."""
+
+    SECTION = Section("drift")
+
+    log: Path = option(help="Folder written by asdtool score --log or serve --log (scores.csv, bundle.json).", flag="LOG", positional=True, recipe=False)
+    last: int = option(500, "Recent windows per machine type and section to compare (the latest by time).")
+    plot: Path | None = option(None, "PNG to write: per machine type, the share of windows above the threshold over time and the score quantiles against the training ones. (default: <LOG>/drift.png)", recipe=False)
+    out: Path | None = option(None, "Also write the table as JSON.", recipe=False)
+
+    def validate(self) -> None:
+        _at_least(self, 1, "last")

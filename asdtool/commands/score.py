@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
@@ -42,16 +43,22 @@ def run(cfg: ScoreConfig) -> None:
     """Score recordings with a detector bundle; print a table, write --out, exit 2 on an anomaly with --fail-on-anomaly."""
     import torch
 
-    from asdtool.atomic import check_output
-    from asdtool.bundle import STDIN, expand_paths, load_bundle, recording_of, score_recordings
+    from asdtool.atomic import atomic_dir, check_output
+    from asdtool.bundle import (STDIN, append_log, check_log, expand_paths, load_bundle, plot_name, plot_recording,
+                                recording_of, score_recordings)  # fmt: skip
     from asdtool.data.audio import check_audio, read_channels
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.out is not None:
         check_output(cfg.out, folder=False)
+    if cfg.plot is not None:
+        check_output(cfg.plot, folder=True, ours=lambda name: name.endswith(".png"))
     items = expand_paths(cfg.paths)
     bundle = load_bundle(cfg.bundle, cfg.device)
+    if cfg.log is not None:
+        check_log(cfg.log, bundle)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     stdin_file = None
     try:
         recordings = []
@@ -90,6 +97,12 @@ def run(cfg: ScoreConfig) -> None:
             Path(stdin_file).unlink(missing_ok=True)
     if cfg.out is not None:
         write_results(cfg.out, results)
+    long = [(i, r) for i, r in enumerate(results) if len(r.window_scores) > 1]
+    if cfg.plot is not None and long:
+        with atomic_dir(cfg.plot) as tmp:
+            for i, r in long:
+                plot_recording(tmp / plot_name(i, r.name), r, bundle.seconds)
+    logged = append_log(cfg.log, bundle, results, when) if cfg.log is not None else 0
     table = Table(title=f"score: {cfg.bundle.name} ({bundle.meta['kind']}, {bundle.seconds:g} s windows)", title_justify="left")
     for col in ("file", "machine", "section", "windows", "score", "threshold", "decision"):
         table.add_column(col, justify="left" if col in ("file", "machine", "decision") else "right")
@@ -98,7 +111,9 @@ def run(cfg: ScoreConfig) -> None:
         table.add_row(r.name, r.machine, r.section, str(len(r.window_scores)), f"{r.score:.4g}", f"{r.threshold:.4g}", decision)
     anomalous = sum(r.decision for r in results)
     table.caption = f"{anomalous} of {len(results)} anomalous ({cfg.aggregate} over windows)" + (
-        f"; wrote {cfg.out}" if cfg.out is not None else "")
+        f"; wrote {cfg.out}" if cfg.out is not None else "") + (
+        f"; {len(long)} plot(s) in {cfg.plot}" if cfg.plot is not None and long else "") + (
+        f"; logged {logged} window(s) to {cfg.log}" if cfg.log is not None else "")
     Console().print(table)
     if cfg.fail_on_anomaly and anomalous:
         raise typer.Exit(ANOMALY_EXIT)
