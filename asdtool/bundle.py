@@ -134,6 +134,50 @@ def merged_state(model) -> tuple[dict, dict]:
     return args, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}  # tied weights as copies
 
 
+FROZEN = "frozen"  # `--model frozen`: the frozen model an embedding store records
+
+
+@dataclass
+class MemberSource:
+    """What export takes from one member: its name, weights, how to rebuild it, and how it hears a clip."""
+
+    name: str
+    build_args: dict  # classifier: build_classifier's arguments; frozen: {"frozen": {backbone, config, layer, pooling}}
+    state: dict
+    seconds: float
+    channel: str
+    fingerprint: str
+    params: dict
+
+
+def member_source(model: str | Path, emb, store_path: Path) -> MemberSource:
+    """Return the member of a fine-tuned model folder, or of `frozen` (the frozen model the store records), checked against the store."""
+    import dataclasses
+
+    from asdtool.checkpoint import config_dict, load_finetuned
+
+    if str(model) == FROZEN:
+        from asdtool.frozen import load_frozen
+
+        if not emb.meta.embedder:
+            raise AsdError("--model frozen: this store records no frozen model (asdtool embed --backbone writes it)", store_path)
+        how = json.loads(emb.meta.embedder)
+        args = {k: how[k] for k in ("backbone", "pretrained", "size", "layer", "pooling", "seed")}
+        embedder, fingerprint = load_frozen(**args)
+        if fingerprint != emb.meta.checkpoint_sha256:
+            raise AsdError(f"was embedded from another pre-trained file than {args['pretrained']} holds now", store_path)
+        frozen = {"backbone": args["backbone"], "config": dataclasses.asdict(embedder.backbone.cfg), "layer": embedder.layer,
+                  "pooling": embedder.pooling}  # fmt: skip
+        state = {k: v.detach().clone().contiguous() for k, v in embedder.state_dict().items()}
+        return MemberSource(emb.meta.model, {FROZEN: frozen}, state, float(how["seconds"]), how["channel"], fingerprint, args)
+    trained = load_finetuned(model)
+    if emb.meta.checkpoint_sha256 != trained.checkpoint_sha256:
+        raise AsdError(f"was embedded with another checkpoint than {trained.path}", store_path)
+    build_args, state = merged_state(trained.model)
+    return MemberSource(emb.meta.model, build_args, state, float(trained.config.seconds), trained.config.channel,
+                        trained.checkpoint_sha256, config_dict(trained.config))  # fmt: skip
+
+
 def export_bundle(
     models: Sequence[str | Path], embeddings: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None,
     k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0, normalise: str = "none", density_k: int = 2,
@@ -145,7 +189,6 @@ def export_bundle(
 
     from asdtool import metrics, store as stores
     from asdtool.atomic import atomic_path, check_output
-    from asdtool.checkpoint import config_dict, load_finetuned
     from asdtool.detect import check_normalisation, detect_store
     from asdtool.ensemble import check_weights
 
@@ -170,22 +213,19 @@ def export_bundle(
     for i, (model_dir, store_path) in enumerate(zip(models, embeddings)):
         if progress:
             progress(f"member {i + 1}/{len(models)}: {Path(model_dir).name}")
-        trained = load_finetuned(model_dir)
         emb = stores.read_store(store_path, stores.EMBEDDINGS)
-        if emb.meta.checkpoint_sha256 != trained.checkpoint_sha256:
-            raise AsdError(f"was embedded with another checkpoint than {trained.path}", store_path)
+        source = member_source(model_dir, emb, Path(store_path))
         if clips_of is None:
             clips_of = (emb.meta.clips_sha256, Path(store_path))
         elif emb.meta.clips_sha256 != clips_of[0]:
             raise AsdError(f"holds other clips than {clips_of[1]}: the members of a system must embed the same data", store_path)
-        if trained.config.seconds != (members_meta[0]["seconds"] if members_meta else trained.config.seconds):
-            raise AsdError(f"cuts clips to {trained.config.seconds} s, the first member to {members_meta[0]['seconds']} s: "
+        if members_meta and source.seconds != members_meta[0]["seconds"]:
+            raise AsdError(f"cuts clips to {source.seconds} s, the first member to {members_meta[0]['seconds']} s: "
                            "the members of a system must share the clip length", model_dir)  # fmt: skip
         detection = detect_store(emb, k=k, smote_ratio=smote_ratio, smote_k=smote_k, seed=seed, normalise=normalise,
                                  density_k=density_k)  # fmt: skip
         scores_by_member.append(detection)
-        build_args, state = merged_state(trained.model)
-        for key, value in state.items():
+        for key, value in source.state.items():
             tensors[f"m{i}/model/{key}"] = value
         for machine in emb.machines:
             train = emb.get(machine, "train")
@@ -205,16 +245,16 @@ def export_bundle(
                 std = float(test.values.std())
                 stats[machine] = [float(test.values.mean()), std if std > 0 else 1.0]
         members_meta.append({
-            "name": Path(model_dir).name,
-            "build_args": build_args,
-            "seconds": float(trained.config.seconds),
-            "channel": trained.config.channel,
+            "name": source.name,
+            "build_args": source.build_args,
+            "seconds": float(source.seconds),
+            "channel": source.channel,
             "detector": {"k": k, "smote_ratio": smote_ratio, "smote_k": smote_k, "seed": seed, "normalise": normalise,
                          "density_k": density_k},
             "stats": stats,
-            "checkpoint_sha256": trained.checkpoint_sha256,
+            "checkpoint_sha256": source.fingerprint,
             "clips_sha256": emb.meta.clips_sha256,
-            "params": config_dict(trained.config),
+            "params": source.params,
         })  # fmt: skip
 
     # the score of every training clip (leave-one-out) as the bundle will score it, per section
@@ -304,6 +344,19 @@ def read_bundle_meta(path: str | Path) -> dict:
     return meta
 
 
+def rebuild(build_args: dict):
+    """Return a member's model at random init, ready for its weights: a classifier, or a frozen backbone's embedder."""
+    if FROZEN in build_args:
+        from asdtool.frozen import FrozenEmbedder
+        from asdtool.models import load_backbone
+
+        f = build_args[FROZEN]
+        return FrozenEmbedder(load_backbone(f["backbone"], None, size="tiny", **f["config"]), f["backbone"], f["layer"], f["pooling"])
+    from asdtool.models.classifier import build_classifier
+
+    return build_classifier(**build_args)
+
+
 def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     """Return a bundle ready to score: its content hash checked, its models rebuilt, its detectors fitted."""
     import torch
@@ -311,7 +364,6 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
 
     from asdtool.detect import fit_section
     from asdtool.distributed import resolve_device
-    from asdtool.models.classifier import build_classifier
     from asdtool.store import Group
 
     path = Path(path)
@@ -328,8 +380,8 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
         prefix = f"m{i}/model/"
         torch.manual_seed(0)
         try:
-            model = build_classifier(**m["build_args"])
-        except (TypeError, ValueError) as exc:
+            model = rebuild(m["build_args"])
+        except (TypeError, ValueError, KeyError) as exc:
             raise AsdError(f"member {m['name']}: cannot rebuild its model ({exc})", path) from None
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         missing, unexpected = model.load_state_dict(state, strict=False)

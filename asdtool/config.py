@@ -679,11 +679,11 @@ class ExportConfig:
 
     SECTION = Section("export")
 
-    model: list[Path] = option(help="Model folder written by asdtool finetune (repeat for a system's members).", recipe=False)
+    model: list[Path] = option(help="Model folder written by asdtool finetune, or `frozen` for the frozen model its --embeddings store records (repeat for a system's members).", recipe=False)
     embeddings: list[Path] = option(help="Embedding store of each --model, in the same order: its training clips are the memory bank.", recipe=False)
     out: Path = option(help="Bundle file to write (.asd: safetensors tensors + JSON metadata, no pickle).", recipe=False)
     weights: list[float] = option([], "A system's fusion weight per --model (z-normalised linear fusion, as asdtool ensemble).")
-    search: Path | None = option(None, "Take the weights from an ensemble --search-out JSON (its best weights; its models must be the --model folders' names, in order).", recipe=False)
+    search: Path | None = option(None, "Take the weights from an ensemble --search-out JSON (its best weights; its models must be the stores' model names, in order).", recipe=False)
     k: int = option(1, "Score = mean cosine distance to the k nearest training embeddings (detect's --k).")
     smote_ratio: float = option(1.0, "detect's --smote-ratio.")
     smote_k: int = option(5, "detect's --smote-k.")

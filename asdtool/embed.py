@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -116,6 +117,8 @@ def embed_to_store(
         model=name or default_name,
         checkpoint_sha256=fingerprint,
         clips_sha256=store.clips_sha256(dataset.clips),
-    )
+        embedder=json.dumps({**frozen, "pretrained": None if frozen.get("pretrained") is None else str(frozen["pretrained"]),
+                             "seconds": seconds, "channel": channel}, sort_keys=True) if frozen is not None else "",
+    )  # fmt: skip
     store.write_embeddings(out, meta, groups)
     return dataset, groups, str(dev)

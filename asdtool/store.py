@@ -74,6 +74,7 @@ class StoreMeta:
     clips_sha256: str = ""  # empty: the writer fills in the fingerprint of the clips it wrote
     asdtool_version: str = __version__
     schema: int = SCHEMA
+    embedder: str = ""  # optional: JSON of how a frozen model embedded (asdtool.frozen settings), for export
 
 
 @dataclass
@@ -262,6 +263,8 @@ class StoreWriter:
         f.attrs["checkpoint_sha256"] = str(self.meta.checkpoint_sha256)
         f.attrs["clips_sha256"] = self.meta.clips_sha256 or content
         f.attrs["asdtool_version"] = str(self.meta.asdtool_version)
+        if self.meta.embedder:
+            f.attrs["embedder"] = str(self.meta.embedder)
 
 
 def write_store(path: str | Path, meta: StoreMeta, groups: Mapping[tuple[str, str], Group], kind: str) -> None:
@@ -318,6 +321,7 @@ def read_store(path: str | Path, kind: str | None = None) -> Store:
             clips_sha256=_attr_str(f, "clips_sha256", path),
             asdtool_version=_attr_str(f, "asdtool_version", path),
             schema=int(schema),
+            embedder=_attr_str(f, "embedder", path) if "embedder" in f.attrs else "",
         )
         groups: dict[tuple[str, str], Group] = {}
         kinds: set[str] = set()

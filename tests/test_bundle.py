@@ -56,7 +56,9 @@ def fitted(tmp_path_factory) -> dict:
                                 seed=seed, threads=1, max_lr=1e-3))  # fmt: skip
         embed_to_store(model, data, base / f"{name}.h5", batch_size=16)
         out[name] = model
-    for name in ("full", "full2", "lora"):
+    frozen = {"backbone": "eat", "pretrained": None, "size": "tiny", "layer": 1, "pooling": "meanstd", "seed": 0}
+    embed_to_store(None, data, base / "frozen.h5", batch_size=16, frozen=frozen)
+    for name in ("full", "full2", "lora", "frozen"):
         detect_to_folder(base / f"{name}.h5", base / f"scores-{name}-z", normalise="domain-z")
         detect_to_folder(base / f"{name}.h5", base / f"scores-{name}", normalise="none")
     return out
@@ -107,6 +109,25 @@ def test_a_system_bundle_fuses_its_members_as_ensemble_did(fitted, tmp_path):
         assert max(abs(got[n] - expected[n]) for n in expected) < 1e-5
         train = metrics.read_score_csv(tmp_path / "fused" / metrics.score_file_name(machine, "00", "train"))
         assert bundle.thresholds[(machine, "00")] == pytest.approx(metrics.decision_threshold(list(train.values())), rel=1e-9)
+
+
+def test_a_frozen_model_is_a_member_too(fitted, tmp_path):
+    """`--model frozen` takes the frozen model its store records (backbone, pre-trained file, layer, pooling)."""
+    base = fitted["base"]
+    alone, system = tmp_path / "frozen.asd", tmp_path / "system.asd"
+    export_bundle(["frozen"], [base / "frozen.h5"], alone, normalise="domain-z")
+    export_bundle([fitted["full"], "frozen"], [base / "full.h5", base / "frozen.h5"], system, weights=[0.5, 0.5],
+                  normalise="domain-z")  # fmt: skip
+    ensemble_to_folder([base / "scores-full-z", base / "scores-frozen-z"], tmp_path / "fused", weights=[0.5, 0.5])
+    for path, folder in ((alone, base / "scores-frozen-z"), (system, tmp_path / "fused")):
+        bundle = load_bundle(path)
+        assert bundle.meta["members"][-1]["name"] == "frozen-eat" and bundle.meta["members"][-1]["build_args"]["frozen"]["layer"] == 1
+        for machine in MACHINES:
+            got = {Path(r.name).name: r.score for r in score_recordings(bundle, _test_recordings(bundle, fitted["data"], machine))}
+            expected = _detect_scores(folder, machine)
+            assert max(abs(got[n] - expected[n]) for n in expected) < 1e-5
+    with pytest.raises(AsdError, match="records no frozen model"):
+        export_bundle(["frozen"], [base / "full.h5"], tmp_path / "x.asd")
 
 
 def test_a_long_recording_is_scored_window_by_window_and_flags_its_anomalous_part(fitted, tmp_path):

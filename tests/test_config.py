@@ -88,7 +88,21 @@ def test_every_params_file_section_fits_its_config():
         doc = yaml.safe_load(path.read_text())
         for cls in (config.SynthConfig, config.FinetuneConfig, config.PseudolabelConfig, config.EmbedConfig,
                     config.DetectConfig, config.BaselineConfig, config.EnsembleConfig, config.EvaluateConfig,
-                    config.ReportConfig):  # fmt: skip
+                    config.ReportConfig, config.ExportConfig):  # fmt: skip
             entries = list(doc[cls.SECTION.key]) if cls.SECTION.named else [None]
             for entry in entries:
                 assert isinstance(config.read_section(path, cls.SECTION, entry, cls), dict)
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params-dcase2024.yaml", "params-dcase2025.yaml", "params-dcase2026.yaml"])
+def test_the_exported_bundle_detects_as_the_pipeline_did(name):
+    """The export stage's detector settings are detect's, so the bundle scores clips as the pipeline's detect did."""
+    path = ROOT / name
+    det = build(config.DetectConfig, path, None, {"embeddings": Path("e.h5"), "out": Path("s")})
+    exp = build(config.ExportConfig, path, None, {"out": Path("b.asd")})
+    assert [getattr(exp, k) for k in ("k", "smote_ratio", "smote_k", "seed", "normalise", "density_k")] == [
+        getattr(det, k) for k in ("k", "smote_ratio", "smote_k", "seed", "normalise", "density_k")]
+    # the members are search9's, in its order: fine-tuned model folders, then the frozen models' stores
+    assert [p.name for p in exp.model] == ["beats-full", "beats-lora", "beats-pse", "eat-full", "eat-lora", "eat-pse", "dual",
+                                           "frozen", "frozen"]
+    assert [p.stem for p in exp.embeddings][-2:] == ["frozen-beats", "frozen-eat"]

@@ -72,7 +72,7 @@ FROZEN = ("frozen-beats", "frozen-eat", "frozen-beats-scratch", "frozen-eat-scra
 NORMALISED = ("beats-full", "beats-lora", "eat-full", "eat-lora", "dual", "frozen-beats", "frozen-eat")
 SYSTEMS = ("system1", "system2", "system3", "system4", "search3", "search7", "search9")
 ALL_STAGES = {
-    "synth", "corpus", "pretrain@beats", "pretrain@eat", "report",
+    "synth", "corpus", "pretrain@beats", "pretrain@eat", "report", "export",
     *(f"baseline@{m}" for m in ("logmel", "logmel-meanstd", "autoencoder")),
     *(f"finetune@{m}" for m in ("beats-full", "beats-lora", "eat-full", "eat-lora", "dual")),
     "finetune-pse@beats-pse", "finetune-pse@eat-pse", "pseudolabel@beats", "pseudolabel@eat",
@@ -137,7 +137,7 @@ def test_changing_one_model_reruns_its_chain_and_nothing_else(project):
     assert stale == {"finetune@eat-lora"}  # only the changed stage; the others follow if its outputs change
     readers = set(SYSTEMS)  # every system uses eat-lora
     assert _downstream(project, "finetune@eat-lora") == {
-        "finetune@eat-lora", "embed@eat-lora", "detect@eat-lora", "evaluate@eat-lora", "report",
+        "finetune@eat-lora", "embed@eat-lora", "detect@eat-lora", "evaluate@eat-lora", "report", "export",
         *(f"detect-normalise@eat-lora-{n}" for n in ("none", "local-density")),
         *(f"evaluate@eat-lora+{n}" for n in ("none", "local-density")),
         *(f"ensemble-{s}" for s in readers), *(f"evaluate@{s}" for s in readers)}  # fmt: skip
@@ -156,7 +156,8 @@ def test_changing_a_model_no_system_reads_leaves_the_systems_alone(project):
     assert stale == {"finetune-pse@beats-pse"}
     assert _downstream(project, "finetune-pse@beats-pse") == {
         "finetune-pse@beats-pse", "embed@beats-pse", "detect@beats-pse", "evaluate@beats-pse",
-        "ensemble-search7", "evaluate@search7", "ensemble-search9", "evaluate@search9", "report"}  # fmt: skip
+        "ensemble-search7", "evaluate@search7", "ensemble-search9", "evaluate@search9", "report",
+        "export"}  # fmt: skip  (the bundle of search9 holds it)
 
 
 def test_changing_one_system_reruns_only_that_system(project):

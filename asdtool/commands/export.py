@@ -12,8 +12,10 @@ from asdtool.config import ExportConfig
 from asdtool.errors import AsdError
 
 
-def search_weights(path: Path, models: list[Path]) -> list[float]:
-    """Return the best weights of an `ensemble --search-out` JSON whose models are the given model folders' names, in order."""
+def search_weights(path: Path, stores: list[Path]) -> list[float]:
+    """Return the best weights of an `ensemble --search-out` JSON whose models are the stores' model names, in order."""
+    from asdtool.store import read_store
+
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         names, weights = doc["models"], doc["best"]["weights"]
@@ -21,9 +23,10 @@ def search_weights(path: Path, models: list[Path]) -> list[float]:
         raise AsdError("search result does not exist", path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         raise AsdError("is not an ensemble --search-out file (models, best.weights)", path) from None
-    given = [Path(m).name for m in models]
+    given = [read_store(s).meta.model for s in stores]
     if names != given:
-        raise AsdError(f"searched the weights of {', '.join(map(str, names))}; --model gives {', '.join(given)}", path)
+        raise AsdError(f"searched the weights of {', '.join(map(str, names))}; the --embeddings stores hold "
+                       f"{', '.join(given)}", path)  # fmt: skip
     return [float(w) for w in weights]
 
 
@@ -31,7 +34,7 @@ def run(cfg: ExportConfig) -> None:
     """Write one detector bundle (.asd): a fine-tuned model, or a system of several with their weights."""
     from asdtool.bundle import export_bundle
 
-    weights = search_weights(cfg.search, cfg.model) if cfg.search is not None else (cfg.weights or None)
+    weights = search_weights(cfg.search, cfg.embeddings) if cfg.search is not None else (cfg.weights or None)
     console = Console(stderr=True)
     with console.status("fitting the detectors") as status:
         result = export_bundle(cfg.model, cfg.embeddings, cfg.out, weights, cfg.k, cfg.smote_ratio, cfg.smote_k, cfg.seed,

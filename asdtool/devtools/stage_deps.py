@@ -462,6 +462,28 @@ def _backbones(info: StageInfo, st: _Stage, argv: list[str], root: Path, common:
     return found  # builds no model
 
 
+def _export_backbones(ctx: dict, params_models: dict, info: StageInfo) -> list[str]:
+    """The backbones of `asdtool export`'s members in params: `models.<NAME>.backbone` of each models/NAME
+    (`dual` is both), and for a `frozen` member the backbone its store is named after (`frozen-<backbone>`)."""
+    section = ctx.get("export") if isinstance(ctx.get("export"), dict) else {}
+    models, stores = list(section.get("model") or []), list(section.get("embeddings") or [])
+    found: list[str] = []
+    for i, model in enumerate(models):
+        if str(model) == "frozen":
+            name = PurePosixPath(str(stores[i]) if i < len(stores) else "").stem
+            backbone = name.removeprefix("frozen-") if name.startswith("frozen-") else None
+        else:
+            entry = params_models.get(PurePosixPath(str(model).rstrip("/")).name)
+            backbone = entry.get("backbone") if isinstance(entry, dict) else None
+        if backbone is None:
+            info.errors.append(f"export member {model!r}: its backbone is not in the params")
+            continue
+        for b in COMPOSITE_BACKBONES.get(backbone, (backbone,)):
+            if b not in found:
+                found.append(b)
+    return found
+
+
 def _analyse(dvc_yaml: Path, params_yaml: Path | None, root: Path) -> tuple[dict, list[_Stage], list[StageInfo]]:
     data = yaml.safe_load(Path(dvc_yaml).read_text()) or {}
     ctx = _context(Path(dvc_yaml), data, params_yaml)
@@ -511,6 +533,10 @@ def _analyse(dvc_yaml: Path, params_yaml: Path | None, root: Path) -> tuple[dict
             info.needed |= closure(module, frozenset(backbone_mods))
             full = closure(module, frozenset()) | closure(entry, frozenset(command_modules))
             names = _backbones(info, st, argv, root, info.needed, full, params_models, modules)
+            if sub == "export":  # a bundle builds every member of the params' export section
+                for b in _export_backbones(ctx, params_models, info):
+                    if b not in names:
+                        names.append(b)
             for b in names:
                 if modules[b] not in backbone_files:
                     info.errors.append(f"backbone {b!r}: no module {modules[b]}")
