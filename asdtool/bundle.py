@@ -357,8 +357,11 @@ def rebuild(build_args: dict):
     return build_classifier(**build_args)
 
 
-def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
-    """Return a bundle ready to score: its content hash checked, its models rebuilt, its detectors fitted."""
+def load_bundle(path: str | Path, device: str = "cpu", quantize: str | None = None) -> Bundle:
+    """Return a bundle ready to score: its content hash checked, its models rebuilt, its detectors fitted.
+
+    `quantize` overrides the bundle's own choice ("none" or "int8"; None: the bundle's).
+    """
     import torch
     from safetensors.torch import load_file
 
@@ -388,7 +391,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
         if missing or unexpected:
             raise AsdError(f"member {m['name']}: weights do not fit its model ({len(missing)} missing, {len(unexpected)} unexpected)", path)
         model.to(dev).eval()
-        if meta.get("quantize", "none") == "int8" and dev.type == "cpu":
+        if (quantize or meta.get("quantize", "none")) == "int8" and dev.type == "cpu":
             model = quantize_int8(model)
         member = Member(m["name"], model, float(m["seconds"]), m["channel"], m["detector"],
                         {k: tuple(v) for k, v in m["stats"].items()})  # fmt: skip

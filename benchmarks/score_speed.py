@@ -1,10 +1,11 @@
-"""Print the throughput of `asdtool score`'s scoring (clips/s and real-time factor) beside one-clip-at-a-time scoring.
+"""Print the throughput of `asdtool score`'s scoring (clips/s, real-time factor): batched, one clip at a time, and int8.
 
 A bundle of one random-init classifier (tiny or base BEATs or EAT; speed does not depend on the
 weights) with a memory bank of 1,000 random training embeddings (990 source, 10 target, domain-z)
 scores random recordings of `--seconds` through `asdtool.bundle.score_recordings`: batched across
-recordings (`--batch-size`) against a batch of one, the same code path. Real-time factor = seconds
-of audio scored per second of wall time. Prints numbers, asserts nothing.
+recordings (`--batch-size`), against a batch of one (the same code path), and batched with the
+linear layers quantised to int8 (`export --quantize int8`). Real-time factor = seconds of audio
+scored per second of wall time. Prints numbers, asserts nothing.
 Usage: python benchmarks/score_speed.py [--backbones beats] [--sizes tiny base] [--clips 16] [--threads 2]
 """
 
@@ -17,16 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asdtool.bundle import Bundle, Member, Recording, score_recordings
+from asdtool.bundle import Bundle, Member, Recording, quantize_int8, score_recordings
 from asdtool.detect import fit_section
 from asdtool.models.classifier import build_classifier
 from asdtool.store import Group
 
 
-def make_bundle(backbone: str, size: str, seconds: float, device: str) -> Bundle:
+def make_bundle(backbone: str, size: str, seconds: float, device: str, int8: bool = False) -> Bundle:
     """Return a bundle of one random-init classifier and a random 1,000-clip memory bank of machine `fan`."""
     torch.manual_seed(0)
     model = build_classifier(backbone, 10, size=size).to(device).eval()
+    if int8:
+        model = quantize_int8(model)
     rng = np.random.default_rng(0)
     n = 1000
     values = rng.normal(size=(n, model.embedding_dim)).astype(np.float32)
@@ -66,13 +69,17 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"device {a.device}, {torch.get_num_threads()} threads, {a.clips} recordings of {a.seconds:g} s")
-    print(f"{'backbone':10} {'size':5} {'batched clips/s':>16} {'x real time':>12} {'one-by-one clips/s':>19} {'x real time':>12}")
+    print(f"{'backbone':9} {'size':5} {'batched clips/s':>15} {'x real time':>11} {'one by one':>10} {'x real time':>11} "
+          f"{'int8 batched':>12} {'x real time':>11}")  # fmt: skip
     for backbone in a.backbones:
         for size in a.sizes:
             bundle = make_bundle(backbone, size, a.seconds, a.device)
             batched = throughput(bundle, a.clips, a.seconds, a.batch_size, a.repeats)
             single = throughput(bundle, a.clips, a.seconds, 1, a.repeats)
-            print(f"{backbone:10} {size:5} {batched:16.2f} {batched * a.seconds:12.1f} {single:19.2f} {single * a.seconds:12.1f}")
+            int8 = throughput(make_bundle(backbone, size, a.seconds, a.device, int8=True), a.clips, a.seconds,
+                              a.batch_size, a.repeats) if a.device == "cpu" else float("nan")  # fmt: skip
+            print(f"{backbone:9} {size:5} {batched:15.2f} {batched * a.seconds:11.1f} {single:10.2f} {single * a.seconds:11.1f} "
+                  f"{int8:12.2f} {int8 * a.seconds:11.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
