@@ -8,6 +8,8 @@ oversubscribing them. Set before torch is first imported.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -21,6 +23,14 @@ import soundfile as sf  # noqa: E402
 from asdtool.data.dcase import format_name, write_attribute_csv  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def run_asdtool(*args, cwd: Path | None = None, stdin: bytes | str | None = None, text: bool = True,
+                timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run `python -m asdtool ARGS...` in a subprocess, as a user would (warnings silenced)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "asdtool", *map(str, args)], capture_output=True, text=text, env=env,
+                          input=stdin, cwd=cwd, timeout=timeout)  # fmt: skip
 
 
 def write_wave(path: Path, seconds: float = 0.25, sr: int = 16000, channels: int = 1, seed: int = 0) -> Path:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +32,12 @@ from asdtool.errors import AsdError
 from asdtool.store import read_store
 from asdtool.train import finetune
 
+from .conftest import run_asdtool
+
 MACHINES = ["fan", "valve"]
 
 
-def _asdtool(*args, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "asdtool", *map(str, args)], capture_output=True, env=env, input=stdin,
-                          cwd=cwd, timeout=600)  # fmt: skip
+_asdtool = partial(run_asdtool, text=False)  # bytes: one test pipes a WAV file to stdin
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +12,10 @@ from asdtool.data.synth import SynthSizes, synthesize
 from asdtool.data.synth_layouts import synthesize_layout
 from asdtool.store import read_store
 
-from .conftest import write_wave
+from .conftest import run_asdtool, write_wave
 
 
-def _asdtool(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "asdtool", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600)  # fmt: skip
+_asdtool = run_asdtool
 
 
 @pytest.fixture(scope="module")

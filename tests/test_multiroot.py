@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,14 +21,13 @@ from asdtool.store import read_store
 from asdtool.train import finetune
 from asdtool.trainset import training_set
 
+from .conftest import run_asdtool
+
 ROOT = Path(__file__).parent.parent
 SIZES = SynthSizes(0.5, 4, 2, 2)
 
 
-def _asdtool(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "asdtool", *map(str, args)], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)  # fmt: skip
+_asdtool = run_asdtool
 
 
 @pytest.fixture(scope="module")

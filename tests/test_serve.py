@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import socket
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,8 @@ from asdtool.embed import embed_to_store
 from asdtool.errors import AsdError
 from asdtool.serve import ServeError, make_app
 from asdtool.train import finetune
+
+from .conftest import run_asdtool
 
 MACHINES = ["fan", "valve"]
 
@@ -226,11 +226,7 @@ def test_every_scored_request_is_logged(served, tmp_path):
         make_app(bundle, log=tmp_path / "other")
 
 
-def _asdtool(*args) -> subprocess.CompletedProcess:
-    """Run the CLI in a subprocess, as a user would."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "asdtool", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+_asdtool = partial(run_asdtool, timeout=300)
 
 
 def test_the_serve_command_help_and_refusals(served, tmp_path):
