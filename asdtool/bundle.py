@@ -580,6 +580,24 @@ def expand_paths(items: Sequence[str]) -> list[str | Path]:
     return list(out)
 
 
+def read_audio_bytes(data: bytes, name: str) -> np.ndarray:
+    """Return the channels [C, T] of WAV/FLAC bytes (stdin, an upload), checked as a file is; errors name `name`."""
+    import os
+    import tempfile
+
+    from asdtool.data.audio import read_channels
+
+    fd, tmp = tempfile.mkstemp(prefix="asdtool-audio-", suffix=".audio")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return read_channels(tmp, seconds=None)
+    except AsdError as exc:
+        raise AsdError(exc.problem, name) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def recording_of(bundle: Bundle, path: Path, name: str, machine: str | None, section: str | None) -> Recording:
     """Return a recording with its machine type (given, or the nearest folder above it named as one of the bundle's) and section."""
     from asdtool.data.layouts import section_of

@@ -13,9 +13,7 @@ logging failure. Every error body is JSON {"detail": "<one line>"}.
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request, imported in make_app)
 import asyncio
-import os
 import queue
-import tempfile
 import threading
 import time
 from concurrent.futures import Future
@@ -27,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from asdtool import __version__
-from asdtool.bundle import (STDIN, Bundle, Recording, RecordingScore, append_log, check_log, recording_of,
-                            score_recordings, window_starts)  # fmt: skip
+from asdtool.bundle import (STDIN, Bundle, Recording, RecordingScore, append_log, check_log, read_audio_bytes,
+                            recording_of, score_recordings, window_starts)  # fmt: skip
 from asdtool.errors import AsdError
 
 if TYPE_CHECKING:
@@ -190,17 +188,10 @@ class Batcher:
 
 def decode(data: bytes, name: str) -> np.ndarray:
     """Return the channels [C, T] of uploaded WAV/FLAC bytes, checked as `asdtool score` checks a file (400 when refused)."""
-    from asdtool.data.audio import read_channels
-
-    fd, tmp = tempfile.mkstemp(prefix="asdtool-serve-", suffix=".audio")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return read_channels(tmp, seconds=None)
+        return read_audio_bytes(data, name)
     except AsdError as exc:
-        raise ServeError(400, str(AsdError(exc.problem, name))) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        raise ServeError(400, str(exc)) from None
 
 
 def recording_for(bundle: Bundle, name: str, machine: str | None, section: str | None) -> Recording:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,7 +43,7 @@ def run(cfg: ScoreConfig) -> None:
 
     from asdtool.atomic import atomic_dir, check_output
     from asdtool.bundle import (STDIN, append_log, check_log, expand_paths, load_bundle, plot_name, plot_recording,
-                                recording_of, score_recordings)  # fmt: skip
+                                read_audio_bytes, recording_of, score_recordings)  # fmt: skip
     from asdtool.data.audio import check_audio, read_channels
 
     if cfg.threads:
@@ -59,42 +57,39 @@ def run(cfg: ScoreConfig) -> None:
     if cfg.log is not None:
         check_log(cfg.log, bundle)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    stdin_file = None
-    try:
-        recordings = []
-        for item in items:
-            if item == STDIN:
-                data = sys.stdin.buffer.read()
-                if not data:
-                    raise AsdError("no audio bytes on stdin", STDIN)
-                fd, stdin_file = tempfile.mkstemp(prefix="asdtool-stdin-", suffix=".audio")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                recordings.append(recording_of(bundle, Path(stdin_file), STDIN, cfg.machine, cfg.section))
-            else:
-                recordings.append(recording_of(bundle, Path(item), str(item), cfg.machine, cfg.section))
-        for rec in recordings:  # every header checked before any scoring
+    recordings, stdin_channels = [], None
+    for item in items:
+        if item == STDIN:
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise AsdError("no audio bytes on stdin", STDIN)
+            stdin_channels = read_audio_bytes(data, STDIN)
+            recordings.append(recording_of(bundle, Path(STDIN), STDIN, cfg.machine, cfg.section))
+        else:
+            recordings.append(recording_of(bundle, Path(item), str(item), cfg.machine, cfg.section))
+    for rec in recordings:  # every header checked before any scoring (stdin's bytes were read and checked above)
+        if rec.name != STDIN:
             try:
                 check_audio(rec.path)
             except AsdError as exc:
                 raise AsdError(exc.problem, rec.name) from None
-        bar = Progress(TextColumn("[bold]score"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=Console(stderr=True), transient=True)  # fmt: skip
+    bar = Progress(TextColumn("[bold]score"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), transient=True)  # fmt: skip
 
-        def read_all():
-            for rec in recordings:
-                try:
-                    yield rec, read_channels(rec.path, seconds=None)
-                except AsdError as exc:
-                    raise AsdError(exc.problem, rec.name) from None
+    def read_all():
+        for rec in recordings:
+            if rec.name == STDIN:
+                yield rec, stdin_channels
+                continue
+            try:
+                yield rec, read_channels(rec.path, seconds=None)
+            except AsdError as exc:
+                raise AsdError(exc.problem, rec.name) from None
 
-        with bar:
-            task = bar.add_task("recordings", total=len(recordings))
-            results = score_recordings(bundle, read_all(), cfg.hop, cfg.aggregate, cfg.batch_size,
-                                       progress=lambda: bar.advance(task))  # fmt: skip
-    finally:
-        if stdin_file is not None:
-            Path(stdin_file).unlink(missing_ok=True)
+    with bar:
+        task = bar.add_task("recordings", total=len(recordings))
+        results = score_recordings(bundle, read_all(), cfg.hop, cfg.aggregate, cfg.batch_size,
+                                   progress=lambda: bar.advance(task))  # fmt: skip
     if cfg.out is not None:
         write_results(cfg.out, results)
     long = [(i, r) for i, r in enumerate(results) if len(r.window_scores) > 1]
