@@ -7,26 +7,84 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-from asdtool.errors import AsdError, few
+from asdtool.errors import AsdError
+
+
+def _tmp_prefix(target: Path) -> str:
+    """Return the prefix of this process's temporary files for `target`: .asdtool-tmp-<pid>-<name>."""
+    from asdtool.outputs import TMP_PREFIX
+
+    return f"{TMP_PREFIX}{os.getpid()}-{target.name}."
+
+
+def clean_leftovers(target: str | Path) -> list[Path]:
+    """Remove the temporary files and folders of `target` that a killed asdtool process left; return them.
+
+    A temporary name records its writer's process id; one whose process no longer runs on this
+    machine is a leftover of a killed run (SIGKILL, a power cut) and goes. Another process's live
+    temporary files stay.
+    """
+    from asdtool.outputs import TMP_PREFIX
+
+    target = Path(target)
+    removed = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        name = p.name
+        if not name.startswith(TMP_PREFIX) or not name.endswith(".tmp"):
+            continue
+        pid, dash, rest = name[len(TMP_PREFIX):].partition("-")
+        if not dash or not pid.isdigit() or not rest.startswith(target.name + "."):
+            continue
+        if _alive(int(pid)):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Return whether a process of this id runs (or may run: one we may not signal counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    The temporary file is named .asdtool-tmp-<pid>-<target name>.<random>.tmp; it is removed on any
+    error or interrupt, and a later run removes one that a killed process left (`clean_leftovers`).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    clean_leftovers(target)
+    tmp_path = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent)
+        tmp_path = Path(tmp)
+        os.close(fd)
         yield tmp_path
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp's private 0600 would become the file's mode
         os.replace(tmp_path, target)
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -35,21 +93,36 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; it replaces `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    clean_leftovers(target)
+    tmp_path = None
     try:
+        tmp_path = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
         yield tmp_path
         os.chmod(tmp_path, 0o777 & ~current_umask())  # mkdtemp's private 0700 would become the folder's mode
         replace_dir(tmp_path, target)
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             shutil.rmtree(tmp_path)
+
+
+def staging_dir(target: str | Path) -> Path:
+    """Return a new temporary folder beside `target` (the folder's usual mode), after removing killed runs' leftovers.
+
+    The caller removes it when done (a `finally`); one a killed process left goes at the next run.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(target)
+    path = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
+    os.chmod(path, 0o777 & ~current_umask())  # mkdtemp's private 0700 would become the output's mode
+    return path
 
 
 def replace_dir(src: str | Path, dst: str | Path) -> None:
     """Move folder `src` onto `dst`, swapping out an existing `dst` only once the new one is in place."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+        old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dst), suffix=".tmp", dir=dst.parent))
         os.replace(dst, old / "x")
         os.replace(src, dst)
         shutil.rmtree(old)
@@ -64,27 +137,13 @@ def current_umask() -> int:
     return mask
 
 
-_VCS_FILES = {".gitignore"}  # DVC lists a stage's file outputs in a .gitignore beside them
+def check_writable(path: str | Path) -> Path:
+    """Return `path` after refusing, before any work starts, a place that cannot be written.
 
-
-def check_output(path: str | Path, *, folder: bool, ours: Callable[[str], bool] | None = None) -> Path:
-    """Return `path` after refusing, before any work starts, an output that cannot or must not be written.
-
-    Refused: a folder output where a file is (or the reverse), an existing folder holding entries
-    that `ours(name)` does not recognise as this command's own, and a place that cannot be written
-    (a read-only file system, a parent that is a file). Nothing is created.
+    Refused: a read-only file system, a parent that is a file or a broken link. Nothing is created.
+    What may be replaced there is the output rule's business (`asdtool.outputs`).
     """
     path = Path(path)
-    if path.exists() or path.is_symlink():
-        if folder and not path.is_dir():
-            raise AsdError("exists and is not a folder; refusing to replace it (choose another output)", path)
-        if not folder and path.is_dir():
-            raise AsdError("is a folder; give a file name for this output", path)
-        if folder and ours is not None:
-            strangers = sorted(p.name for p in path.iterdir() if not ours(p.name) and p.name not in _VCS_FILES)
-            if strangers:
-                raise AsdError(f"holds {few(strangers, 1)}, which this command did not write; refusing to replace "
-                               "the folder (choose another output)", path)  # fmt: skip
     parent = path.parent
     while not parent.exists():
         if parent.is_symlink():  # a dangling link: makedirs would fail later

@@ -162,7 +162,7 @@ def baseline_to_folder(
     from asdtool.scorefolder import check_score_folder, write_score_folder
 
     _check_method(method)
-    check_score_folder(out)
+    check_score_folder(out, inputs=[data_root])
     dataset = dcase.scan(data_root, machines or None, reading)
     total = len(dataset.clips)
     scores = score_dataset(dataset, seconds, progress=(lambda n: progress(n, total)) if progress else None,

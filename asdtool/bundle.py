@@ -182,13 +182,14 @@ def export_bundle(
     models: Sequence[str | Path], embeddings: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None,
     k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0, normalise: str = "none", density_k: int = 2,
     decision_quantile: float = 0.9, progress: Callable[[str], None] | None = None, quantize: str = "none",
+    force: bool = False, inputs: Sequence[str | Path] = (),
 ) -> ExportResult:  # fmt: skip
     """Write the detector bundle of one model (no `weights`) or of a system (one weight per model) to `out`."""
     import torch
     from safetensors.torch import save_file
 
-    from asdtool import metrics, store as stores
-    from asdtool.atomic import atomic_path, check_output
+    from asdtool import metrics, outputs, store as stores
+    from asdtool.atomic import atomic_path
     from asdtool.detect import check_normalisation, detect_store
     from asdtool.ensemble import check_weights
 
@@ -206,7 +207,8 @@ def export_bundle(
         raise AsdError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     if not 0.0 < decision_quantile < 1.0:
         raise AsdError(f"--decision-quantile must lie strictly between 0 and 1, got {decision_quantile}")
-    check_output(out, folder=False)
+    model_files = [f for m in models if str(m) != FROZEN for f in outputs.files_of(m)]
+    outputs.check_file(out, outputs.BUNDLE, inputs=[*model_files, *embeddings, *inputs], force=force)
 
     tensors: dict[str, object] = {}
     members_meta, scores_by_member, clips_of = [], [], None
@@ -633,6 +635,27 @@ LOG_DRIFT_PLOT = "drift.png"  # where asdtool drift draws by default
 LOG_HEADER = ("time", "file", "machine", "section", "window", "start", "score", "threshold", "decision")
 
 
+def _log_entry(path: Path) -> bool:
+    """Return whether a log folder entry is one score/serve --log or drift writes there.
+
+    scores.csv and bundle.json are taken by name here: `check_log` reads their content next, with
+    its own messages. A plot must be asdtool's by content.
+    """
+    from asdtool import outputs
+
+    if path.name in (LOG_SCORES, LOG_BUNDLE):
+        return True
+    if path.name == LOG_DRIFT_PLOT:
+        return outputs.png_of_ours(path)
+    return path.name.startswith(".")  # a lock file of the writers
+
+
+def _log_kind():
+    from asdtool.outputs import Kind
+
+    return Kind("a score log", _log_entry)
+
+
 def log_reference(bundle: Bundle) -> dict:
     """Return what a log folder records of its bundle: name, content hash, thresholds and training scores."""
     return {
@@ -647,10 +670,10 @@ def log_reference(bundle: Bundle) -> dict:
 
 def check_log(folder: str | Path, bundle: Bundle) -> Path:
     """Return the log folder after refusing one that logs another bundle's scores or is not a log folder."""
-    from asdtool.atomic import check_output
+    from asdtool import outputs
 
     folder = Path(folder)
-    check_output(folder, folder=True, ours=lambda name: name in (LOG_SCORES, LOG_BUNDLE, LOG_DRIFT_PLOT) or name.startswith("."))
+    outputs.check_folder(folder, _log_kind())
     ref = folder / LOG_BUNDLE
     if ref.exists():
         try:
@@ -735,4 +758,6 @@ def plot_recording(path: str | Path, result: RecordingScore, seconds: float) -> 
     ax.set_title(f"{result.name}: {result.machine} section {result.section}", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    from asdtool.outputs import PNG_METADATA
+
+    fig.savefig(path, format="png", metadata=PNG_METADATA)

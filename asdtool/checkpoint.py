@@ -16,7 +16,6 @@ import hashlib
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from asdtool import __version__
-from asdtool.atomic import atomic_path, current_umask
+from asdtool.atomic import atomic_path, current_umask, staging_dir
 from asdtool.config import FinetuneConfig, fields
 from asdtool.errors import AsdError
 
@@ -180,8 +179,7 @@ def save_torch(payload: object, path: str | Path) -> None:
     write differ), then renamed onto `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    folder = staging_dir(path)
     try:
         torch.save(payload, folder / path.name)
         os.chmod(folder / path.name, 0o666 & ~current_umask())

@@ -247,6 +247,16 @@ HEAD_INPUTS = ("patches", "frames")  # what the head pools: every patch token, o
 LINKAGES = ("ward", "average", "complete", "single")
 MAX_SEED = 2**32 - 1  # numpy's seed range
 _PAPER = "with --paper-sizes"
+FORCE_HELP = ("Replace an existing file at the output even when it is not one this command wrote (its own inputs are "
+              "refused in every case).")
+MAX_SECONDS = 300.0  # default limit on the decoded audio of one recording (score, serve)
+MAX_SECONDS_HELP = ("Longest recording accepted, in seconds of decoded audio: refused from its header before decoding, "
+                    "and decoding stops at the limit.")
+SIGN_HELP = ("Key file: sign the bundle's content with HMAC-SHA256, so that score and serve --verify-key refuse a bundle "
+             "anyone without the key has changed. Without it the bundle carries a sha256 that catches accidents (a "
+             "truncated or corrupted file), not tampering.")
+VERIFY_HELP = ("Key file of export --sign-key: refuse a bundle whose HMAC-SHA256 signature is missing or does not match. "
+               "Without it only the content sha256 is checked, which catches accidents, not tampering.")
 
 
 @dataclass(kw_only=True)
@@ -469,6 +479,7 @@ class PseudolabelConfig(ReadsData):
     device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
     seed: int = option(0, "Seed of the UMAP layout (the clustering itself is deterministic).")
     attribute_truth: Path | None = option(None, "Score the clusters (adjusted Rand index) against the organisers' hidden attributes: a folder of <machine>/attributes_NN_{train,test}_correspondence.csv (their baseline's datasets/ground_truth_attributes/<year>/dev_data). With several data roots it scores the first root's machine types. (default: each data root's hidden_attributes.csv when it exists)", recipe=False)
+    force: bool = option(False, FORCE_HELP, recipe=False)
 
     def __post_init__(self) -> None:
         _roots(self)
@@ -500,6 +511,7 @@ class EmbedConfig(ReadsData):
     seconds: float | None = option(None, "Pad or cut clips to this many seconds (default: as in training).")
     name: str | None = option(None, "Model name recorded in the store (default: the model folder's name).")
     channel: str | None = option(None, CHANNEL_HELP + VIEWS_HELP + " (default: the model's training channel; left for the frozen model)", choices=VIEW_CHANNELS)
+    force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
         if (self.model is None) == (self.backbone is None):
@@ -581,6 +593,7 @@ class EnsembleConfig(ReadsData):
     step: float = option(0.1, "Grid step of --search: weights in {0, step, 2 step, ...} summing to 1.")
     top: int = option(10, "How many of the best weight vectors --search prints and writes.")
     search_out: Path | None = option(None, 'Write the --search result as JSON: {"models", "best": {"weights", "official_score"}, "top"}.', recipe=False)
+    force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
         if not self.scores:
@@ -611,6 +624,7 @@ class EvaluateConfig(ReadsData):
     decision_quantile: float = option(0.9, "Gamma quantile of the decision threshold.")
     name: str | None = option(None, "Title of the printed table (default: the score folder's name).")
     roc: Path | None = option(None, "Write ROC curves here: roc_<machine>.csv (fpr,tpr over all test clips), for dvc plots.", recipe=False)
+    force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
         if (self.data_root is None) == (self.ground_truth is None):
@@ -692,6 +706,8 @@ class ExportConfig:
     density_k: int = option(2, "detect's --density-k (local-density).")
     decision_quantile: float = option(0.9, "Gamma quantile of each section's decision threshold, fitted to its training clips' scores (as submit).")
     quantize: str = option("none", "int8: score with PyTorch dynamic int8 quantisation of the linear layers on CPU (the weights stay float32 in the file; GPUs score in float).", choices=("none", "int8"))
+    sign_key: Path | None = option(None, SIGN_HELP, recipe=False)
+    force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
         _at_least(self, 1, "k", "smote_k", "density_k")
@@ -729,10 +745,13 @@ class ScoreConfig:
     batch_size: int = option(16, "Windows per forward pass.", recipe=False)
     device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
     threads: int | None = option(None, "CPU threads of torch. (default: torch's choice)", recipe=False)
+    max_seconds: float = option(MAX_SECONDS, MAX_SECONDS_HELP, recipe=False)
+    verify_key: Path | None = option(None, VERIFY_HELP, recipe=False)
+    force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
         _at_least(self, 1, "batch_size", "threads")
-        _positive(self, "hop")
+        _positive(self, "hop", "max_seconds")
         if self.out is not None and self.out.suffix.lower() not in (".csv", ".json"):
             raise AsdError(f"--out must end in .csv or .json, got {self.out.name}")
         if self.section is not None and not re.fullmatch(r"\d{2}", self.section):
@@ -761,6 +780,8 @@ class ServeConfig:
     log: Path | None = option(None, "Append every window's result to this folder's scores.csv, as asdtool score --log.", recipe=False)
     device: str = option("cpu", "cpu, cuda, cuda:N or auto.", recipe=False)
     threads: int | None = option(None, "CPU threads of torch. (default: torch's choice)", recipe=False)
+    max_seconds: float = option(MAX_SECONDS, MAX_SECONDS_HELP + " Longer: HTTP 413.", recipe=False)
+    verify_key: Path | None = option(None, VERIFY_HELP, recipe=False)
 
     def validate(self) -> None:
         _at_least(self, 1, "batch_size", "threads", "max_bytes")
@@ -780,6 +801,7 @@ class DriftConfig:
     last: int = option(500, "Recent windows per machine type and section to compare (the latest by time).")
     plot: Path | None = option(None, "PNG to write: per machine type, the share of windows above the threshold over time and the score quantiles against the training ones. (default: <LOG>/drift.png)", recipe=False)
     out: Path | None = option(None, "Also write the table as JSON.", recipe=False)
+    force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
         _at_least(self, 1, "last")

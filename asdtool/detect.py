@@ -487,20 +487,17 @@ def detect_to_folder(
     normalisation is recorded in the root attributes of `scores.h5`.
     """
     import shutil
-    import tempfile
 
     import h5py
 
     from asdtool import store as stores
-    from asdtool.atomic import replace_dir
+    from asdtool.atomic import replace_dir, staging_dir
     from asdtool.data import dcase
     from asdtool.scorefolder import SCORE_STORE, check_score_folder, write_score_folder
 
     embeddings, out = Path(embeddings), Path(out)
-    if out.resolve() == embeddings.resolve() or out.resolve() in embeddings.resolve().parents:
-        raise AsdError("--out would replace the embedding store or the folder that holds it", out)
     check_normalisation(normalise, density_k)
-    check_score_folder(out)
+    check_score_folder(out, inputs=[embeddings, data_root])
     emb = stores.read_store(embeddings, EMBEDDINGS)
     if data_root is not None:
         emb.check_clips(stores.clips_sha256(dcase.scan(data_root, emb.machines, reading or dcase.Reading()).clips), data_root)
@@ -519,8 +516,7 @@ def detect_to_folder(
         write_score_folder(out, rows, (meta, result.scores))
         return emb, result
     # stage the folder beside `out`, record the settings in its scores.h5, then swap it in
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    stage = staging_dir(out)
     try:
         write_score_folder(stage / out.name, rows, (meta, result.scores))
         with h5py.File(stage / out.name / SCORE_STORE, "r+") as f:

@@ -404,4 +404,6 @@ def plot_drift(log: Log, report: list[SectionDrift], path: str | Path) -> None:
         axes[0][0].text(0.5, 0.5, "no sections", ha="center", va="center", transform=axes[0][0].transAxes)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        from asdtool.outputs import PNG_METADATA
+
+        fig.savefig(tmp, format="png", metadata=PNG_METADATA)

@@ -69,7 +69,7 @@ def _embed_batch(model: nn.Module, waves: np.ndarray, device: torch.device, auto
 def embed_to_store(
     model: Path | None, data_root: Path, out: Path, batch_size: int = 16, device: str = "cpu", amp: bool = True,
     seconds: float | None = None, name: str | None = None, progress: Callable[[int, int], None] | None = None,
-    frozen: dict | None = None, reading: dcase.Reading = dcase.Reading(), channel: str | None = None,
+    frozen: dict | None = None, reading: dcase.Reading = dcase.Reading(), channel: str | None = None, force: bool = False,
 ) -> tuple[dcase.Dataset, dict, str]:  # fmt: skip
     """Embed every train and test clip of every machine type into the HDF5 store `out`.
 
@@ -79,10 +79,10 @@ def embed_to_store(
     `channel` of stereo clips: the model's training channel unless given (left for a frozen model).
     Returns (dataset, {(machine, split): (clips, embeddings)}, device). `progress(advance, total)` per batch.
     """
-    from asdtool import store
-    from asdtool.atomic import check_output
+    from asdtool import outputs, store
 
-    check_output(out, folder=False)
+    inputs = [data_root, *(outputs.files_of(model) if model is not None else []), (frozen or {}).get("pretrained")]
+    outputs.check_file(out, outputs.EMBEDDING_STORE, inputs=inputs, force=force)
     dataset = dcase.scan(data_root, reading=reading)
     if frozen is not None:
         from asdtool.data.audio import check_audio

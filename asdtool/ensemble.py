@@ -349,20 +349,21 @@ class EnsembleRun:
 def ensemble_to_folder(
     scores: Sequence[Path], out: Path, weights: Sequence[float] = (), search: bool = False,
     data_root: Path | None = None, step: float = 0.1, top: int = 10, search_out: Path | None = None, reading=None,
+    force: bool = False,
 ) -> EnsembleRun:  # fmt: skip
     """Fuse score folders (given weights, or the best of a grid search on `data_root`) into `out`."""
     import time
 
-    from asdtool.atomic import check_output, write_json
+    from asdtool import outputs
+    from asdtool.atomic import write_json
     from asdtool.data import dcase
     from asdtool.scorefolder import check_score_folder, write_score_folder
 
     scores, out = [Path(p) for p in scores], Path(out)
-    if any(out.resolve() == p.resolve() or out.resolve() in p.resolve().parents for p in scores):
-        raise AsdError("--out would replace one of the --scores folders", out)
-    check_score_folder(out)
+    inputs = [*scores, data_root]
+    check_score_folder(out, inputs)
     if search_out is not None:
-        check_output(search_out, folder=False)
+        outputs.check_file(search_out, outputs.SEARCH_JSON, inputs=inputs, force=force)
     folders, with_train = read_score_folders(scores)
     names = [p.name for p in scores]
     truths = metrics.truth_from_dataset(dcase.scan(data_root, reading=reading or dcase.Reading())) if data_root is not None else None

@@ -29,3 +29,32 @@ def few(items, n: int = 3) -> str:
     if len(names) <= n:
         return ", ".join(names)
     return ", ".join(names[:n]) + f" and {len(names) - n} more" if n else f"{len(names)} more"
+
+
+QUOTE_LIMIT = 80  # characters of a quoted value in a message
+
+
+def quote(value, limit: int = QUOTE_LIMIT) -> str:
+    """Return `repr(value)` cut to `limit` characters (`...` and the full length added), for a one-line message.
+
+    A value from a user's file may be huge (an expanded YAML alias, a long string); a message quotes
+    only its start, so that printing the error costs nothing.
+    """
+    if isinstance(value, (str, bytes)) and len(value) > 4 * limit:
+        value = value[: 4 * limit]  # repr of a long string would copy all of it first
+        text = repr(value)
+    elif isinstance(value, (list, tuple, dict, set)):
+        text = _bounded_repr(value, limit + 1)
+    else:
+        text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: max(limit - 3, 1)] + "..."
+
+
+def _bounded_repr(value, budget: int) -> str:
+    """Return a repr of a nested container that stops once `budget` characters are written (no full expansion)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset, r.maxstring, r.maxother = 3, 6, 6, 4, 6, budget, budget
+    return r.repr(value)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from asdtool import metrics
-from asdtool.atomic import atomic_dir, check_output, write_json
+from asdtool.atomic import atomic_dir, write_json
 from asdtool.data import dcase
 
 
 def evaluate_folder(
     scores: Path, data_root: Path | None = None, ground_truth: Path | None = None, out: Path | None = None,
     decisions: bool = False, decisions_dir: Path | None = None, decision_quantile: float = metrics.DECISION_QUANTILE,
-    roc: Path | None = None, reading=None,
+    roc: Path | None = None, reading=None, force: bool = False,
 ) -> dict:  # fmt: skip
     """Return the official metrics of the score folder `scores` and write what was asked for.
 
@@ -21,17 +21,23 @@ def evaluate_folder(
     folder) by the gamma rule on the training-clip scores; `roc`: roc_<machine>.csv curves.
     Every output is checked before any work and written only once everything is computed.
     """
-    from asdtool.scorefolder import is_own_entry
+    from asdtool import outputs
+    from asdtool.scorefolder import DECISION_ENTRY
 
+    scores = Path(scores)
+    inputs = [*sorted(scores.glob("anomaly_score_*.csv")), data_root, ground_truth]  # decisions go beside the scores
     if out is not None:
-        check_output(out, folder=False)
+        outputs.check_file(out, outputs.METRICS_JSON, inputs=inputs, force=force)
     if decisions:
         if decisions_dir is not None:
-            check_output(decisions_dir, folder=True, ours=is_own_entry)
+            outputs.check_folder(decisions_dir, DECISION_ENTRY, inputs=inputs)
         else:
-            check_output(Path(scores) / "decision_result_x_section_00_test.csv", folder=False)
+            for path in sorted(scores.glob("decision_result_*.csv")):
+                outputs.check_file(path, outputs.DECISION_LINES, inputs=inputs)
+            outputs.check_writable(scores / "decision_result_x_section_00_test.csv")
     if roc is not None:
-        check_output(roc, folder=True, ours=lambda name: name.startswith("roc_") and name.endswith(".csv"))
+        outputs.check_folder(roc, outputs.named(lambda name: name.startswith("roc_") and name.endswith(".csv"), outputs.ROC_CSV),
+                             inputs=inputs)  # fmt: skip
     truths = metrics.truth_from_dataset(dcase.scan(data_root, reading=reading or dcase.Reading())) if data_root else metrics.truth_from_folder(ground_truth)
     summary = metrics.summarize(metrics.evaluate_sections(truths, scores))
 

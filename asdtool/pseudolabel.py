@@ -33,7 +33,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from asdtool.atomic import atomic_dir, atomic_path, check_output, write_json
+from asdtool.atomic import atomic_dir, atomic_path, write_json
 from asdtool.data import dcase
 from asdtool.data.hidden import HIDDEN_ATTRIBUTES_FILE, read_correspondence_folder, read_hidden_attributes
 from asdtool.errors import AsdError
@@ -250,7 +250,9 @@ def plot_clusters(path: str | Path, xy: np.ndarray, labels: np.ndarray, domains:
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    from asdtool.outputs import PNG_METADATA
+
+    fig.savefig(path, format="png", metadata=PNG_METADATA)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -449,14 +451,20 @@ class OutputPaths:
     summary: Path
 
 
-def output_paths(out: str | Path, plots: str | Path | None = None) -> OutputPaths:
-    """Return where the labels CSV, the UMAP folder (default `<stem>_umap/`) and `<stem>.summary.json` go."""
+def output_paths(out: str | Path, plots: str | Path | None = None, inputs: Sequence[str | Path] = (),
+                 force: bool = False) -> OutputPaths:  # fmt: skip
+    """Return where the labels CSV, the UMAP folder (default `<stem>_umap/`) and `<stem>.summary.json` go.
+
+    Each is checked by the output rule (`asdtool.outputs`) against the command's `inputs`.
+    """
+    from asdtool import outputs
+
     out = Path(out)
     plots = Path(plots) if plots is not None else out.with_name(f"{out.stem}_umap")
     summary = out.with_name(f"{out.stem}.summary.json")
-    check_output(out, folder=False)
-    check_output(plots, folder=True, ours=lambda name: name.endswith(".png"))
-    check_output(summary, folder=False)
+    outputs.check_file(out, outputs.PSEUDO_LABELS, inputs=inputs, force=force)
+    outputs.check_folder(plots, outputs.named(lambda name: name.endswith(".png"), outputs.PNG), inputs=inputs)
+    outputs.check_file(summary, outputs.PSEUDO_SUMMARY, inputs=inputs, force=force)
     if len({out.resolve(), plots.resolve(), summary.resolve()}) < 3:
         raise AsdError("--plots must differ from the labels and summary files", plots)
     return OutputPaths(out, plots, summary)
@@ -489,12 +497,15 @@ def pseudolabel_to_files(
     model: str | Path, data_root: str | Path | Sequence[str | Path], out: str | Path, clusters: Sequence[str] = (), plots: str | Path | None = None,
     suggest: bool = False, suggest_range: str = "2-30", linkage: str = "ward", seconds: float | None = None,
     batch_size: int = 16, device: str = "cpu", seed: int = 0, progress: Callable[[int, int], None] | None = None,
-    reading: dcase.Reading = dcase.Reading(), attribute_truth: str | Path | None = None,
+    reading: dcase.Reading = dcase.Reading(), attribute_truth: str | Path | None = None, force: bool = False,
 ) -> tuple[PseudoLabels, OutputPaths]:  # fmt: skip
     """Cluster, then write the labels CSV, the summary JSON and the UMAP plots; return the result and the paths."""
+    from asdtool.outputs import files_of
+
     counts = parse_cluster_counts(clusters)
     k_range = parse_k_range(suggest_range)
-    paths = output_paths(out, plots)
+    roots = [data_root] if isinstance(data_root, (str, Path)) else list(data_root)
+    paths = output_paths(out, plots, inputs=[*files_of(model), *roots, attribute_truth], force=force)
     result = pseudo_label(model, data_root, counts, seconds=seconds, batch_size=batch_size, device=device, seed=seed,
                           linkage=linkage, suggest=suggest, k_range=k_range, plots=True, progress=progress,
                           reading=reading, attribute_truth=attribute_truth)  # fmt: skip

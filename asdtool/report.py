@@ -72,6 +72,11 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SINGLE_TITLE = "Single models: hmean per machine type (%)"
+SYSTEM_TITLE = "Systems: AUC (source), AUC (target), pAUC and hmean (%)"
+TITLES = (SINGLE_TITLE, SYSTEM_TITLE)  # each table file's first line is "# <title>" (how report knows its own files)
+
+
 def write_tables(metrics_dir: str | Path, out: str | Path, models: Sequence[str], systems: Sequence[str]) -> list[tuple]:
     """Write single_models.md and/or systems.md into `out`; return their (title, header, rows)."""
     from asdtool.atomic import atomic_path
@@ -81,9 +86,9 @@ def write_tables(metrics_dir: str | Path, out: str | Path, models: Sequence[str]
     by_system = {s: read_metrics(metrics_dir / f"{s}.json") for s in systems}
     tables = []
     if by_model:
-        tables.append(("single_models.md", "Single models: hmean per machine type (%)", *single_model_rows(by_model)))
+        tables.append(("single_models.md", SINGLE_TITLE, *single_model_rows(by_model)))
     if by_system:
-        tables.append(("systems.md", "Systems: AUC (source), AUC (target), pAUC and hmean (%)", *system_rows(by_system)))
+        tables.append(("systems.md", SYSTEM_TITLE, *system_rows(by_system)))
     out.mkdir(parents=True, exist_ok=True)
     for file_name, title, header, rows in tables:
         with atomic_path(out / file_name) as tmp:

@@ -8,21 +8,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from asdtool.atomic import atomic_dir, check_output
+from asdtool import outputs
+from asdtool.atomic import atomic_dir
 from asdtool.metrics import DECISION_FILE, SCORE_FILE, score_file_name, write_score_csv
 
 SCORE_STORE = "scores.h5"
 Key = tuple[str, str, str]  # (machine, section, split)
 
 
-def is_own_entry(name: str) -> bool:
-    """Return whether a file name is one a score folder holds (so a folder of them may be replaced)."""
-    return name == SCORE_STORE or bool(SCORE_FILE.match(name) or DECISION_FILE.match(name))
+SCORE_ENTRY = outputs.any_of(  # what a score folder holds, each by its name and its content
+    outputs.named(lambda name: name == SCORE_STORE, outputs.SCORE_STORE),
+    outputs.named(lambda name: bool(SCORE_FILE.match(name)), outputs.SCORE_LINES),
+    outputs.named(lambda name: bool(DECISION_FILE.match(name)), outputs.DECISION_LINES),
+)
+DECISION_ENTRY = outputs.named(lambda name: bool(DECISION_FILE.match(name)), outputs.DECISION_LINES)
 
 
-def check_score_folder(out: str | Path) -> Path:
-    """Refuse, before any work, an --out that is a file, cannot be written or holds foreign files."""
-    return check_output(out, folder=True, ours=is_own_entry)
+def check_score_folder(out: str | Path, inputs=()) -> Path:
+    """Refuse, before any work, an --out that is a file, cannot be written, holds foreign files or holds an input."""
+    return outputs.check_folder(out, SCORE_ENTRY, inputs=inputs)
 
 
 def write_score_folder(out: str | Path, rows: Mapping[Key, Mapping[str, float]], store=None) -> None:

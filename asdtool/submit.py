@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from asdtool import metrics
-from asdtool.atomic import atomic_dir, check_output
+from asdtool import metrics, outputs
+from asdtool.atomic import atomic_dir
 from asdtool.data import dcase
 from asdtool.errors import AsdError, few
 
@@ -255,10 +255,16 @@ def _percent(value: float) -> float:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def is_submission_entry(name: str) -> bool:
-    """Return whether a file name is one a submission folder holds (so a folder of them may be replaced)."""
-    m = metrics.SCORE_FILE.match(name)
-    return bool((m and m["split"] == "test") or metrics.DECISION_FILE.match(name) or name.endswith(META_SUFFIX))
+def _meta_file_of_ours(path: Path) -> bool:
+    """Return whether a file reads as a meta file submit writes: its first line opens the submission mapping."""
+    return outputs.first_line(path) == "submission:"
+
+
+SUBMISSION_ENTRY = outputs.any_of(  # what a submission folder holds, each by its name and its content
+    outputs.named(lambda n: bool((m := metrics.SCORE_FILE.match(n)) and m["split"] == "test"), outputs.SCORE_LINES),
+    outputs.named(lambda n: bool(metrics.DECISION_FILE.match(n)), outputs.DECISION_LINES),
+    outputs.named(lambda n: n.endswith(META_SUFFIX), outputs.Kind("a meta file", _meta_file_of_ours)),
+)
 
 
 def write_submission(scores: str | Path, data_root: str | Path, out: str | Path, label: str | None = None,
@@ -279,7 +285,7 @@ def write_submission(scores: str | Path, data_root: str | Path, out: str | Path,
         raise AsdError(f"--decision-quantile must lie in (0, 1), got {decision_quantile}")
     if (out.exists() or out.is_symlink()) and not force:
         raise AsdError("exists; give --force to replace it", out)
-    check_output(out, folder=True, ours=is_submission_entry)
+    outputs.check_folder(out, SUBMISSION_ENTRY, inputs=[scores, data_root, meta_params, dev_metrics])
     if not scores.is_dir():
         raise AsdError("score folder does not exist", scores)
     sections = eval_sections(data_root, reading)

@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from asdtool.atomic import check_output, write_json
+from asdtool import outputs
+from asdtool.atomic import write_json
 from asdtool.checkpoint import (
     CHECKPOINT, build_model, config_dict, load_weights, pretrained_hashes, read_checkpoint, read_train_log,
     save_checkpoint, set_rng_state, write_train_log,
@@ -67,9 +68,10 @@ def clips_per_root(dataset: dcase.Dataset, tset: TrainingSet) -> dict[str, int]:
     return {label: machines.count(label) for label in labels}
 
 
-def _is_model_file(name: str) -> bool:
-    """Return whether a model folder entry is ours (the files above, or a temporary one of them)."""
-    return name in MODEL_FILES or any(name.startswith(f".{f}.") and name.endswith(".tmp") for f in MODEL_FILES)
+def _checkpoint_paths(cfg: FinetuneConfig) -> list[str]:
+    """Return the pre-trained files a run reads (inputs its --out must not replace)."""
+    ckpt = cfg.checkpoints()
+    return [] if ckpt is None else list(ckpt.values()) if isinstance(ckpt, dict) else [ckpt]
 
 
 def _check_resumable(saved: dict, cfg: FinetuneConfig, tset: TrainingSet, pretrained: dict, out: Path) -> None:
@@ -95,7 +97,8 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
     """
     cfg.validate()
     out = Path(cfg.out)
-    check_output(out, folder=True, ours=_is_model_file)
+    outputs.check_folder(out, outputs.named(lambda name: name in MODEL_FILES, outputs.MODEL_FOLDER_ENTRY),
+                         inputs=[*cfg.data_root, *_checkpoint_paths(cfg), cfg.pseudo_labels])  # fmt: skip
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = init_distributed(cfg.device)

@@ -11,11 +11,12 @@ from asdtool.config import CorpusConfig
 
 def run(cfg: CorpusConfig) -> None:
     """Write an unlabeled corpus of machine-like sound (eight families, never a dev clip) and count its families."""
-    from asdtool.atomic import check_output
-    from asdtool.data.corpus import is_corpus_entry, write_corpus
+    from asdtool.atomic import check_writable
+    from asdtool.data.corpus import check_corpus_out, write_corpus
 
-    # a folder of anything else is refused here; an existing corpus is checked against --overwrite by write_corpus
-    check_output(cfg.out, folder=True, ours=is_corpus_entry)
+    # a folder of anything else is refused here, before the bar; --overwrite is checked again by write_corpus
+    check_corpus_out(cfg.out, cfg.overwrite)
+    check_writable(cfg.out)
     console = Console()
     with Progress(
         TextColumn("corpus"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True

@@ -40,15 +40,17 @@ def drift_table(report, title: str) -> Table:
 
 def run(cfg: DriftConfig) -> None:
     """Compare the latest --last windows of each section with the training scores; print, plot and write JSON."""
-    from asdtool.atomic import check_output, write_json
-    from asdtool.bundle import LOG_DRIFT_PLOT
+    from asdtool import outputs
+    from asdtool.atomic import write_json
+    from asdtool.bundle import LOG_BUNDLE, LOG_DRIFT_PLOT, LOG_SCORES
     from asdtool.drift import DRIFTING, SIGNIFICANCE, drift_report, plot_drift, read_log, report_json, time_span
 
-    log = read_log(cfg.log)
     plot = cfg.plot if cfg.plot is not None else cfg.log / LOG_DRIFT_PLOT
-    check_output(plot, folder=False)
+    inputs = [cfg.log / LOG_SCORES, cfg.log / LOG_BUNDLE]
+    outputs.check_file(plot, outputs.PNG, inputs=inputs, force=cfg.force)
     if cfg.out is not None:
-        check_output(cfg.out, folder=False)
+        outputs.check_file(cfg.out, outputs.DRIFT_JSON, inputs=[*inputs, plot], force=cfg.force)
+    log = read_log(cfg.log)
     report = drift_report(log, cfg.last)
     plot_drift(log, report, plot)
     if cfg.out is not None:

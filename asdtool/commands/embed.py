@@ -26,7 +26,7 @@ def run(cfg: EmbedConfig) -> None:
         dataset, groups, dev = embed_to_store(
             cfg.model, cfg.data_root, cfg.out, cfg.batch_size, cfg.device, cfg.amp, cfg.seconds, cfg.name,
             progress=lambda n, total: bar.update(task, advance=n, total=total, rate=bar.tasks[0].speed or 0.0),
-            frozen=frozen, reading=cfg.reading, channel=cfg.channel,
+            frozen=frozen, reading=cfg.reading, channel=cfg.channel, force=cfg.force,
         )  # fmt: skip
         rate = bar.tasks[0].finished_speed or bar.tasks[0].speed or 0.0
     table = Table(title=f"embed -> {cfg.out}", title_justify="left")

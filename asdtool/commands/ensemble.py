@@ -14,7 +14,7 @@ def run(cfg: EnsembleConfig) -> None:
     from asdtool.ensemble import ensemble_to_folder
 
     r = ensemble_to_folder(cfg.scores, cfg.out, cfg.weights, cfg.search, cfg.data_root, cfg.step, cfg.top, cfg.search_out,
-                           cfg.reading)  # fmt: skip
+                           cfg.reading, force=cfg.force)  # fmt: skip
     console = Console()
     if r.ranked is not None:
         table = Table(title=f"grid search: {len(r.ranked)} weight vectors, step {cfg.step:g}, {r.search_seconds:.2f} s",

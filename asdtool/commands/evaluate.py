@@ -13,5 +13,5 @@ def run(cfg: EvaluateConfig) -> None:
     from asdtool.evaluate import evaluate_folder
 
     summary = evaluate_folder(cfg.scores, cfg.data_root, cfg.ground_truth, cfg.out, cfg.decisions, cfg.decisions_dir,
-                              cfg.decision_quantile, cfg.roc, cfg.reading)  # fmt: skip
+                              cfg.decision_quantile, cfg.roc, cfg.reading, force=cfg.force)  # fmt: skip
     Console().print(results_table(summary, cfg.name or cfg.scores.name))

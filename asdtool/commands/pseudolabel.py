@@ -49,7 +49,7 @@ def run(cfg: PseudolabelConfig) -> None:
         result, paths = pseudolabel_to_files(
             cfg.model, cfg.data_root, cfg.out, cfg.clusters, cfg.plots, cfg.suggest, cfg.suggest_range, cfg.linkage,
             cfg.seconds, cfg.batch_size, cfg.device, cfg.seed, progress=on_clips, reading=cfg.reading,
-            attribute_truth=cfg.attribute_truth,
+            attribute_truth=cfg.attribute_truth, force=cfg.force,
         )  # fmt: skip
     finally:
         if bar.live.is_started:

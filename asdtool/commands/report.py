@@ -19,10 +19,10 @@ def _table(title: str, header, rows) -> Table:
 
 def run(cfg: ReportConfig) -> None:
     """Print and write the paper-style tables: single models by machine type, systems by machine type and metric."""
-    from asdtool import report
-    from asdtool.atomic import check_output
+    from asdtool import outputs, report
 
-    check_output(cfg.out, folder=True, ours=lambda name: name.endswith(".md"))
+    outputs.check_folder(cfg.out, outputs.named(lambda name: name.endswith(".md"), outputs.MARKDOWN_TABLE),
+                         inputs=[cfg.metrics_dir])  # fmt: skip
     tables = report.write_tables(cfg.metrics_dir, cfg.out, cfg.model, cfg.system)
     console = Console()
     for title, header, rows in tables:

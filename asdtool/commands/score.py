@@ -41,18 +41,24 @@ def run(cfg: ScoreConfig) -> None:
     """Score recordings with a detector bundle; print a table, write --out, exit 2 on an anomaly with --fail-on-anomaly."""
     import torch
 
-    from asdtool.atomic import atomic_dir, check_output
-    from asdtool.bundle import (STDIN, append_log, check_log, expand_paths, load_bundle, plot_name, plot_recording,
-                                read_audio_bytes, recording_of, score_recordings)  # fmt: skip
+    from asdtool import outputs
+    from asdtool.atomic import atomic_dir
+    from asdtool.bundle import (LOG_BUNDLE, LOG_SCORES, STDIN, append_log, check_log, expand_paths, load_bundle, plot_name,
+                                plot_recording, read_audio_bytes, recording_of, score_recordings)  # fmt: skip
     from asdtool.data.audio import check_audio, read_channels
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.out is not None:
-        check_output(cfg.out, folder=False)
-    if cfg.plot is not None:
-        check_output(cfg.plot, folder=True, ours=lambda name: name.endswith(".png"))
     items = expand_paths(cfg.paths)
+    inputs = [cfg.bundle, cfg.verify_key, *items]
+    if cfg.log is not None:
+        inputs += [cfg.log / LOG_SCORES, cfg.log / LOG_BUNDLE]  # the log is appended to, never replaced
+    if cfg.out is not None:
+        kind = outputs.SCORE_RESULTS_CSV if cfg.out.suffix.lower() == ".csv" else outputs.SCORE_RESULTS_JSON
+        outputs.check_file(cfg.out, kind, inputs=inputs, force=cfg.force)
+    if cfg.plot is not None:
+        outputs.check_folder(cfg.plot, outputs.named(lambda name: name.endswith(".png"), outputs.PNG),
+                             inputs=[*inputs, cfg.out])  # fmt: skip
     bundle = load_bundle(cfg.bundle, cfg.device)
     if cfg.log is not None:
         check_log(cfg.log, bundle)

@@ -13,11 +13,12 @@ _COUNTS = ("train_source", "train_target", "test_normal", "test_anomaly")
 
 def run(cfg: SynthConfig) -> None:
     """Write a synthetic DCASE Task 2 set: the 2024 dev layout, or the layout of --layout YEAR (dev or --eval)."""
-    from asdtool.atomic import check_output
     from asdtool.data.dcase import DEV_MACHINES
     from asdtool.data.synth import SynthSizes, paper_sizes
 
-    check_output(cfg.out, folder=True)  # machine folders inside are checked against --overwrite by the writer
+    from asdtool.outputs import check_into
+
+    check_into(cfg.out)  # machine folders inside are checked against --overwrite by the writer
     base = paper_sizes() if cfg.paper_sizes else SynthSizes()
     sizes = SynthSizes(
         seconds=base.seconds if cfg.seconds is None else cfg.seconds,
@@ -44,7 +45,7 @@ def run(cfg: SynthConfig) -> None:
             from asdtool.data.synth_layouts import default_ground_truth_folder, synthesize_layout
 
             gt = cfg.ground_truth_out or default_ground_truth_folder(cfg.out)
-            check_output(gt, folder=True)
+            check_into(gt, inputs=[cfg.out])
             layout_summary = synthesize_layout(
                 cfg.out, cfg.layout, eval_set=cfg.eval, seed=cfg.seed, sizes=sizes, machines=machines,
                 ground_truth=gt, supplemental=cfg.supplemental, progress=progress, overwrite=cfg.overwrite,

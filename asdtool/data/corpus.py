@@ -536,13 +536,34 @@ def is_corpus_entry(name: str) -> bool:
     return name == CSV_NAME or _CLIP_NAME.fullmatch(name) is not None
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _listed_clips(out: Path) -> set[str]:
+    """Return the clips the corpus.csv of a folder lists (empty when it is no corpus.csv of ours)."""
+    import csv
+
+    from asdtool.outputs import first_line
+
+    path = out / CSV_NAME
+    try:
+        if not path.is_file() or first_line(path) != ",".join(CSV_COLUMNS) or path.stat().st_size > 100_000_000:
+            return set()
+        with open(path, newline="", encoding="utf-8") as f:
+            return {row["file"] for row in csv.DictReader(f)}
+    except (OSError, UnicodeDecodeError, KeyError, csv.Error):
+        return set()
+
+
+def check_corpus_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is not a folder, or holds anything but a corpus of ours (corpus.csv and the clips it lists)."""
+    from asdtool.outputs import TMP_PREFIX
+
     if out.exists() and not out.is_dir():
         raise AsdError("exists and is not a folder; refusing to replace it (choose another output)", out)
     if not out.exists():
         return
-    entries = [p.name for p in out.iterdir() if p.name != ".gitignore"]
-    strangers = [name for name in entries if not is_corpus_entry(name)]
+    entries = [p.name for p in out.iterdir() if p.name != ".gitignore" and not p.name.startswith(TMP_PREFIX)]
+    clips = _listed_clips(out)
+    listed = clips | {CSV_NAME} if clips else set()
+    strangers = [name for name in entries if name not in listed or not is_corpus_entry(name)]
     if strangers:
         raise AsdError(f"is not a corpus folder (holds {few(strangers, 1)}); refusing to replace it", out)
     if entries and not overwrite:
@@ -570,7 +591,7 @@ def write_corpus(
         raise AsdError(f"clip count must lie between 1 and {MAX_CLIPS}, got {clips}", out)
     if not 0.1 <= seconds <= 600:
         raise AsdError(f"clip length must lie between 0.1 and 600 seconds, got {seconds}", out)
-    _check_out(out, overwrite)
+    check_corpus_out(out, overwrite)
 
     if progress:
         progress(0, clips)

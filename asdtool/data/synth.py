@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import lfilter, resample_poly
 
-from asdtool.atomic import current_umask, replace_dir
+from asdtool.atomic import replace_dir, staging_dir
 from asdtool.data.audio import SAMPLE_RATE
 from asdtool.data.dcase import DEV_MACHINES, DOMAINS, format_attributes, format_name, write_attribute_csv
 from asdtool.data.hidden import HIDDEN_ATTRIBUTES_FILE, read_hidden_rows, write_hidden_rows
@@ -728,9 +727,7 @@ def synthesize(
     total, done = sum(len(p) for p in plans.values()), 0
     if progress:
         progress(0, total)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".synth.tmp", dir=out.parent))
-    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's private 0700 would become `out`'s mode
+    staging = staging_dir(out)
     try:
         hidden_rows = list(kept_hidden)
         for machine, plan in plans.items():

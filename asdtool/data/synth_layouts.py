@@ -48,7 +48,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -57,7 +56,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve
 
-from asdtool.atomic import current_umask, replace_dir
+from asdtool.atomic import replace_dir, staging_dir
 from asdtool.data import synth
 from asdtool.data.audio import SAMPLE_RATE
 from asdtool.data.dcase import DEV_MACHINES, DOMAINS, format_attributes, format_name, write_attribute_csv
@@ -525,8 +524,6 @@ def synthesize_layout(
 
 def _stage_beside(target: Path, staged: list[Path]) -> Path:
     """Return a new temporary folder beside `target` (recorded in `staged` for clean-up) with the usual mode."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".synth.tmp", dir=target.parent))
+    path = staging_dir(target)
     staged.append(path)
-    os.chmod(path, 0o777 & ~current_umask())  # mkdtemp's private 0700 would become the output's mode
     return path

@@ -30,7 +30,8 @@ import torch.distributed as dist
 from torch import nn
 
 from asdtool import __version__
-from asdtool.atomic import check_output, write_json
+from asdtool import outputs
+from asdtool.atomic import write_json
 from asdtool.checkpoint import (
     config_dict, path_sha256, read_train_log, rng_state, save_torch, set_rng_state, write_train_log,
 )
@@ -64,10 +65,6 @@ class PretrainResult:
     @property
     def complete(self) -> bool:
         return self.steps >= self.total_steps
-
-
-def _is_out_file(name: str) -> bool:
-    return name in OUT_FILES or any(name.startswith(f".{f}.") and name.endswith(".tmp") for f in OUT_FILES)
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -127,7 +124,8 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
     """
     cfg.validate()
     out = Path(cfg.out)
-    check_output(out, folder=True, ours=_is_out_file)
+    outputs.check_folder(out, outputs.named(lambda name: name in OUT_FILES, outputs.MODEL_FOLDER_ENTRY),
+                         inputs=[*cfg.audio, cfg.checkpoint])  # fmt: skip
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = init_distributed(cfg.device)
