@@ -114,7 +114,11 @@ def staging_dir(target: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(target)
     path = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
-    os.chmod(path, 0o777 & ~current_umask())  # mkdtemp's private 0700 would become the output's mode
+    try:
+        os.chmod(path, 0o777 & ~current_umask())  # mkdtemp's private 0700 would become the output's mode
+    except BaseException:  # an interrupt here: the caller never got the folder to remove
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     return path
 
 

@@ -179,13 +179,15 @@ def save_torch(payload: object, path: str | Path) -> None:
     write differ), then renamed onto `path`.
     """
     path = Path(path)
-    folder = staging_dir(path)
+    folder = None
     try:
+        folder = staging_dir(path)
         torch.save(payload, folder / path.name)
         os.chmod(folder / path.name, 0o666 & ~current_umask())
         os.replace(folder / path.name, path)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_train_log(path: Path, rows: list[dict], fieldnames: list[str]) -> None:

@@ -34,7 +34,9 @@ def evaluate_folder(
         else:
             for path in sorted(scores.glob("decision_result_*.csv")):
                 outputs.check_file(path, outputs.DECISION_LINES, inputs=inputs)
-            outputs.check_writable(scores / "decision_result_x_section_00_test.csv")
+            from asdtool.atomic import check_writable
+
+            check_writable(scores / "decision_result_x_section_00_test.csv")
     if roc is not None:
         outputs.check_folder(roc, outputs.named(lambda name: name.startswith("roc_") and name.endswith(".csv"), outputs.ROC_CSV),
                              inputs=inputs)  # fmt: skip

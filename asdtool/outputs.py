@@ -200,15 +200,20 @@ def _within(inner: Path, outer: Path) -> bool:
 
 
 def refuse_inputs(path: Path, inputs: Iterable[str | Path], *, folder: bool) -> None:
-    """Refuse an output that is one of the command's inputs, lies inside a folder input, or (a folder) holds an input."""
+    """Refuse an output that is one of the command's inputs, replaces a file inside a folder input, or (a folder) holds an input.
+
+    A new file may go inside a folder input (a results file beside the recordings); an existing one
+    there may be an input itself, so it is never replaced, `--force` or not.
+    """
     for item in inputs:
         if item is None or str(item) == "-":
             continue
         item = Path(item)
         if _same(path, item):
             raise AsdError("is one of this command's own inputs; refusing to write over it (choose another output)", path)
-        if item.is_dir() and _within(path, item):
-            raise AsdError(f"lies inside {item}, one of this command's inputs; choose an output outside it", path)
+        if item.is_dir() and path.exists() and _within(path, item):
+            raise AsdError(f"lies inside {item}, one of this command's inputs; refusing to write over it (choose "
+                           "another output)", path)  # fmt: skip
         if folder and _within(item, path):
             raise AsdError(f"holds {item}, one of this command's inputs; choose another output folder", path)
 
@@ -246,8 +251,8 @@ def check_folder(path: str | Path, entry: Kind, *, inputs: Iterable[str | Path] 
         strangers = sorted(p.name for p in path.iterdir()
                            if p.name not in _VCS_FILES and not p.name.startswith(TMP_PREFIX) and not entry(p))  # fmt: skip
         if strangers:
-            raise AsdError(f"holds {few(strangers, 1)}, which is not {entry.name} written by asdtool; refusing to "
-                           "replace the folder (choose another output)", path)  # fmt: skip
+            raise AsdError(f"holds {few(strangers, 1)}, which this command did not write ({entry.name} written by "
+                           "asdtool goes there); refusing to replace the folder (choose another output)", path)  # fmt: skip
     return check_writable(path)
 
 

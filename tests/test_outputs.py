@@ -90,7 +90,7 @@ def test_check_folder_refuses_user_files_and_a_folder_holding_an_input(tmp_path)
     kind = outputs.named(lambda n: n.endswith(".png"), outputs.PNG)
     assert outputs.check_folder(plots, kind) == plots
     _png(plots / "holiday_2023.png", ours=False)
-    with pytest.raises(AsdError, match=r"photos: holds holiday_2023.png, which is not a plot written by asdtool"):
+    with pytest.raises(AsdError, match=r"photos: holds holiday_2023.png, which this command did not write \(a plot written by asdtool goes there\)"):
         outputs.check_folder(plots, kind)
     with pytest.raises(AsdError, match=r"holds .*input.wav, one of this command's inputs"):
         outputs.check_folder(tmp_path, kind, inputs=[tmp_path / "input.wav"])
@@ -251,7 +251,7 @@ def test_every_command_replaces_only_what_it_wrote(world, tmp_path, capsys, comm
     if case == "own-input":
         assert "input" in err, err
     elif folder:
-        assert ("is not a folder" in err) if case != "user-folder" else ("which is not" in err or "not a corpus" in err), err
+        assert ("is not a folder" in err) if case != "user-folder" else ("which this command did not write" in err or "not a corpus" in err), err
     elif case == "user-folder":
         assert "is a folder; give a file name" in err, err
     elif command == "score" and case == "user-other-kind":
@@ -287,7 +287,7 @@ def test_score_plot_keeps_a_folder_of_the_users_photos(world, tmp_path, capsys):
     _png(photos / "holiday_2023.png", ours=False)
     before = _snapshot(photos)
     code, err = _run(["score", world["bundle"], world["long"], "--plot", photos], capsys)
-    assert code == 1 and "holds holiday_2023.png, which is not a plot written by asdtool" in err, err
+    assert code == 1 and "holds holiday_2023.png, which this command did not write" in err, err
     assert _snapshot(photos) == before
     fresh = tmp_path / "plots"
     assert _run(["score", world["bundle"], world["long"], "--plot", fresh], capsys)[0] == 0

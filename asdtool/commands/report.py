@@ -22,7 +22,7 @@ def run(cfg: ReportConfig) -> None:
     from asdtool import outputs, report
 
     outputs.check_folder(cfg.out, outputs.named(lambda name: name.endswith(".md"), outputs.MARKDOWN_TABLE),
-                         inputs=[cfg.metrics_dir])  # fmt: skip
+                         inputs=[cfg.metrics_dir / f"{name}.json" for name in (*cfg.model, *cfg.system)])  # fmt: skip
     tables = report.write_tables(cfg.metrics_dir, cfg.out, cfg.model, cfg.system)
     console = Console()
     for title, header, rows in tables:
