@@ -37,10 +37,11 @@ import numpy as np
 
 from asdtool import __version__
 from asdtool.errors import AsdError
+from asdtool.outputs import BUNDLE_FORMAT, BUNDLE_META_KEY
 
-FORMAT = "asdtool-detector-bundle"
+FORMAT = BUNDLE_FORMAT
 FORMAT_VERSION = 1
-META_KEY = "asdtool_bundle"
+META_KEY = BUNDLE_META_KEY
 SUFFIX = ".asd"
 AGGREGATES = ("max", "mean")
 QUANTIZE = ("none", "int8")

@@ -121,12 +121,20 @@ def safetensors_metadata(path: Path) -> dict:
     return meta
 
 
+BUNDLE_FORMAT = "asdtool-detector-bundle"  # asdtool.bundle's format name and metadata key, kept here so that
+BUNDLE_META_KEY = "asdtool_bundle"  # recognising a bundle needs neither torch nor the bundle code
+
+
 def bundle_file(path: Path) -> bool:
     """Return whether a file is an asdtool detector bundle (by its safetensors header alone)."""
-    from asdtool.bundle import FORMAT, META_KEY
-
-    raw = safetensors_metadata(path).get(META_KEY)
-    return isinstance(raw, str) and f'"format": "{FORMAT}"' in raw
+    raw = safetensors_metadata(path).get(BUNDLE_META_KEY)
+    if not isinstance(raw, str):
+        return False
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == BUNDLE_FORMAT
 
 
 def hdf5_store(path: Path) -> bool:
@@ -276,12 +284,6 @@ def files_of(folder: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------- the kinds of outputs
 
 
-def _md_of_ours(path: Path) -> bool:
-    from asdtool.report import TITLES
-
-    return first_line(path) in {f"# {t}" for t in TITLES}
-
-
 BUNDLE = Kind("a detector bundle", bundle_file)
 PNG = Kind("a plot", png_of_ours)
 EMBEDDING_STORE = Kind("an embedding store", hdf5_store)
@@ -292,7 +294,6 @@ METRICS_JSON = Kind("a metrics file", json_with_keys("official_score", "arithmet
 SEARCH_JSON = Kind("a weight-search result", json_with_keys("models", "best", "top"))
 DRIFT_JSON = Kind("a drift report", json_with_keys("log", "content_sha256", "rule", "sections"))
 TORCH_CHECKPOINT = Kind("a checkpoint", torch_checkpoint)
-MARKDOWN_TABLE = Kind("a report table", _md_of_ours)
 ROC_CSV = Kind("a ROC curve", csv_with_header("fpr,tpr"))
 TRAIN_LOG = Kind("a training log", lambda p: first_line(p).startswith("step,"))
 RUN_SUMMARY = Kind("a run summary", json_with_keys("backbone", "steps", "total_params"))

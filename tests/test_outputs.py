@@ -293,3 +293,28 @@ def test_score_plot_keeps_a_folder_of_the_users_photos(world, tmp_path, capsys):
     assert _run(["score", world["bundle"], world["long"], "--plot", fresh], capsys)[0] == 0
     (png,) = fresh.iterdir()
     assert outputs.PNG(png) and np.frombuffer(png.read_bytes()[:8], np.uint8).tolist()[1:4] == [80, 78, 71]
+
+
+def test_export_removes_the_temporary_file_a_killed_export_left(world, tmp_path, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"{outputs.TMP_PREFIX}{int(dead.stdout)}-kill.asd.k3x9q1.tmp"  # what SIGKILL mid-write leaves
+    left.write_bytes(b"\0" * 4096)
+    code, err = _run(["export", "--model", world["model"], "--embeddings", world["emb"], "--out", tmp_path / "kill.asd"],
+                     capsys)  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kill.asd"]
+    assert outputs.BUNDLE(tmp_path / "kill.asd")
+
+
+def test_an_interrupt_during_the_rename_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import asdtool.atomic as atomic
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "prev.asd") as tmp:
+            tmp.write_bytes(b"")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

@@ -21,7 +21,8 @@ def run(cfg: ReportConfig) -> None:
     """Print and write the paper-style tables: single models by machine type, systems by machine type and metric."""
     from asdtool import outputs, report
 
-    outputs.check_folder(cfg.out, outputs.named(lambda name: name.endswith(".md"), outputs.MARKDOWN_TABLE),
+    tables = outputs.Kind("a report table", lambda p: outputs.first_line(p) in {f"# {t}" for t in report.TITLES})
+    outputs.check_folder(cfg.out, outputs.named(lambda name: name.endswith(".md"), tables),
                          inputs=[cfg.metrics_dir / f"{name}.json" for name in (*cfg.model, *cfg.system)])  # fmt: skip
     tables = report.write_tables(cfg.metrics_dir, cfg.out, cfg.model, cfg.system)
     console = Console()
