@@ -14,7 +14,25 @@ safetensors file:
   every section (the gamma fit of the training clips' own scores, as `submit`) and those scores
   (leave-one-out, what `asdtool drift` compares new scores with), the params of the
   fine-tuning runs and the fingerprints of the checkpoints and clip lists, and a sha256 over the
-  whole content, which `load_bundle` checks.
+  whole content, which `load_bundle` checks;
+- metadata `asdtool_signature` (only with `export --sign-key`): `hmac-sha256:<hex>`, the HMAC-SHA256
+  under the key file's bytes of `SIGNATURE_CONTEXT` + the content sha256 hex digest. It sits outside
+  the `asdtool_bundle` document, so the content hash is the same signed or not.
+
+What each protects. The content sha256 (over the document less the hash, and every tensor's name,
+dtype, shape and bytes) catches accidents: a truncated, corrupted or half-copied file. It does not
+catch tampering: anyone can change a threshold, recompute the hash with `content_sha256` and
+rewrite the file, and without a key such a bundle loads. The signature catches tampering by anyone
+without the key: `load_bundle(verify_key=...)` (score and serve --verify-key) recomputes the content
+sha256 from what the file holds and refuses a bundle whose signature is missing or does not match,
+so a change to any part of the metadata document or to any tensor is refused. It is a shared
+secret (HMAC), not a public-key signature: whoever holds the key file can sign, so it protects
+nothing once the key is stolen, and it does not say who signed. Keys are files read as bytes
+(a trailing newline is part of the key), 16 bytes to 1 MB.
+
+At load, after the hash (and the signature) is checked, the document and the tensors are validated
+against `asdtool.bundle_schema` (types, ranges, finite numbers, every member's weights and memory
+banks), so a bundle with a NaN threshold or `k: 0` is refused in one line instead of scoring `nan`.
 
 Loading uses safetensors and JSON only (no pickle): a bundle cannot run code. The memory banks are
 refitted at load exactly as `detect` fits them (SMOTE is seeded), so a clip scored through a
@@ -27,6 +45,7 @@ std of the test-clip scores per machine type that `ensemble` used when the bundl
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 from dataclasses import dataclass, field
@@ -36,7 +55,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from asdtool import __version__
-from asdtool.errors import AsdError
+from asdtool.errors import AsdError, quote
 from asdtool.outputs import BUNDLE_FORMAT, BUNDLE_META_KEY
 
 FORMAT = BUNDLE_FORMAT
@@ -45,6 +64,11 @@ META_KEY = BUNDLE_META_KEY
 SUFFIX = ".asd"
 AGGREGATES = ("max", "mean")
 QUANTIZE = ("none", "int8")
+SIGNATURE_KEY = "asdtool_signature"  # safetensors metadata key of the HMAC, beside META_KEY
+SIGNATURE_ALGORITHM = "hmac-sha256"
+SIGNATURE_CONTEXT = b"asdtool detector bundle v1\n"  # keeps a bundle's HMAC apart from anything else the key signs
+KEY_MIN_BYTES = 16
+KEY_MAX_BYTES = 1_000_000
 
 
 # ----------------------------------------------------------------------------- what a bundle holds
@@ -183,14 +207,19 @@ def export_bundle(
     models: Sequence[str | Path], embeddings: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None,
     k: int = 1, smote_ratio: float = 1.0, smote_k: int = 5, seed: int = 0, normalise: str = "none", density_k: int = 2,
     decision_quantile: float = 0.9, progress: Callable[[str], None] | None = None, quantize: str = "none",
-    force: bool = False, inputs: Sequence[str | Path] = (),
+    force: bool = False, inputs: Sequence[str | Path] = (), sign_key: str | Path | None = None,
 ) -> ExportResult:  # fmt: skip
-    """Write the detector bundle of one model (no `weights`) or of a system (one weight per model) to `out`."""
+    """Write the detector bundle of one model (no `weights`) or of a system (one weight per model) to `out`.
+
+    With `sign_key` (a key file) the bundle carries the HMAC-SHA256 of its content under that key,
+    which `load_bundle(verify_key=...)` checks.
+    """
     import torch
     from safetensors.torch import save_file
 
     from asdtool import metrics, outputs, store as stores
     from asdtool.atomic import atomic_path
+    from asdtool.bundle_schema import check_meta, check_tensors
     from asdtool.detect import check_normalisation, detect_store
     from asdtool.ensemble import check_weights
 
@@ -198,7 +227,7 @@ def export_bundle(
     if len(models) != len(embeddings) or not models:
         raise AsdError(f"give one --embeddings store per --model ({len(models)} models, {len(embeddings)} stores)")
     if weights is not None:
-        w = check_weights(weights, len(models)).tolist()
+        w = check_weights(weights, len(models), of="--model members").tolist()
     elif len(models) > 1:
         raise AsdError("a system of several models needs one --weights per --model")
     else:
@@ -208,8 +237,9 @@ def export_bundle(
         raise AsdError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     if not 0.0 < decision_quantile < 1.0:
         raise AsdError(f"--decision-quantile must lie strictly between 0 and 1, got {decision_quantile}")
+    key = read_key(sign_key) if sign_key is not None else None  # before the fitting: a bad key file fails fast
     model_files = [f for m in models if str(m) != FROZEN for f in outputs.files_of(m)]
-    outputs.check_file(out, outputs.BUNDLE, inputs=[*model_files, *embeddings, *inputs], force=force)
+    outputs.check_file(out, outputs.BUNDLE, inputs=[*model_files, *embeddings, *inputs, sign_key], force=force)
 
     tensors: dict[str, object] = {}
     members_meta, scores_by_member, clips_of = [], [], None
@@ -300,8 +330,16 @@ def export_bundle(
         "train_scores": train_scores,
     }
     meta["content_sha256"] = content_sha256(meta, tensors)
+    try:  # what load_bundle would refuse is never written (a library caller's k=2.0, say)
+        check_meta(meta, out)
+        check_tensors(meta, tensors, out)
+    except AsdError as exc:
+        raise AsdError(f"would be an invalid bundle: {exc.problem}", out) from None
+    metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
+    if key is not None:
+        metadata[SIGNATURE_KEY] = bundle_signature(meta["content_sha256"], key)
     with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata=metadata)
     return ExportResult(out, [m["name"] for m in members_meta], w, sections_out, out.stat().st_size)
 
 
@@ -318,33 +356,98 @@ def content_sha256(meta: dict, tensors: dict) -> str:
     return h.hexdigest()
 
 
+def read_key(path: str | Path) -> bytes:
+    """Return the bytes of a signing key file (export --sign-key, score/serve --verify-key), 16 bytes to 1 MB."""
+    path = Path(path)
+    if not path.exists():
+        raise AsdError("key file does not exist", path)
+    if not path.is_file():
+        raise AsdError("is not a key file (a folder or a device, not a regular file)", path)
+    size = path.stat().st_size  # before reading: a key file is small, and a wrong path may be huge
+    if size > KEY_MAX_BYTES:
+        raise AsdError(f"key file holds {size} bytes, more than {KEY_MAX_BYTES // 1_000_000} MB: is it the right file?", path)
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise AsdError(f"cannot read the key file ({exc.strerror or exc})", path) from None
+    if not key:
+        raise AsdError("key file is empty", path)
+    if len(key) < KEY_MIN_BYTES:
+        raise AsdError(f"key file holds {len(key)} bytes; a key needs at least {KEY_MIN_BYTES} "
+                       "(e.g. head -c 32 /dev/urandom > FILE)", path)  # fmt: skip
+    return key
+
+
+def bundle_signature(digest: str, key: bytes) -> str:
+    """Return the signature of a bundle whose content sha256 is `digest`: `hmac-sha256:<hex>` under `key`."""
+    mac = hmac.new(key, SIGNATURE_CONTEXT + digest.encode("ascii"), hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_ALGORITHM}:{mac}"
+
+
+def check_signature(signature: str | None, digest: str, key: bytes, path: Path, key_path: str | Path) -> None:
+    """Refuse a bundle whose signature is missing, or is not the HMAC under `key` of the content sha256 `digest`."""
+    if signature is None:
+        raise AsdError(f"is not signed; export it with --sign-key to score it with --verify-key {key_path}", path)
+    if not hmac.compare_digest(signature.encode("utf-8", "replace"), bundle_signature(digest, key).encode("ascii")):
+        raise AsdError(f"its signature does not match the key {key_path}; it was changed or signed with another key", path)
+
+
 # ----------------------------------------------------------------------------- load
 
 
 def read_bundle_meta(path: str | Path) -> dict:
-    """Return the metadata of a bundle file after checking its format and version (no tensors read)."""
+    """Return the metadata of a bundle file after checking its format, version and schema (no tensors read)."""
+    return _read_header(Path(path))[0]
+
+
+def _read_header(path: Path) -> tuple[dict, str | None]:
+    """Return (the checked metadata document, the signature or None) of a bundle file, from its header alone."""
     from safetensors import safe_open
 
-    path = Path(path)
+    from asdtool.bundle_schema import check_meta
+
     if not path.is_file():
         raise AsdError("bundle file does not exist", path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
+            header = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for a bad header
         raise AsdError(f"is not an asdtool detector bundle (unreadable: {str(exc).splitlines()[0][:120]})", path) from None
+    raw = header.get(META_KEY)
     if raw is None:
         raise AsdError("is not an asdtool detector bundle (a safetensors file without its metadata)", path)
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise AsdError("is not an asdtool detector bundle (its metadata is not JSON)", path) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AsdError("is not an asdtool detector bundle", path)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise AsdError(f"is bundle format {meta.get('format_version')} (asdtool {meta.get('asdtool_version')}); this asdtool "
-                       f"{__version__} reads format {FORMAT_VERSION}: export it again", path)  # fmt: skip
-    return meta
+    _check_format_version(meta, path)
+    check_meta(meta, path)
+    return meta, header.get(SIGNATURE_KEY)
+
+
+def _check_format_version(meta: dict, path: Path) -> None:
+    """Refuse a document whose format_version is not the integer this asdtool reads, saying what it is instead."""
+    version = meta.get("format_version")
+    if type(version) is int:  # bool is an int subclass: true is refused below
+        if version != FORMAT_VERSION:
+            made_by = meta.get("asdtool_version")
+            made_by = made_by if isinstance(made_by, str) and len(made_by) <= 40 else quote(made_by)
+            raise AsdError(f"is bundle format {version} (asdtool {made_by}); this asdtool {__version__} reads format "
+                           f"{FORMAT_VERSION}: export it again", path)  # fmt: skip
+        return
+    if "format_version" not in meta:
+        raise AsdError(f"has no format_version (this asdtool reads format {FORMAT_VERSION})", path)
+    if isinstance(version, str):
+        what = f"the string {quote(version)}"
+    elif isinstance(version, bool) or version is None:
+        what = {True: "true", False: "false", None: "null"}[version]
+    elif isinstance(version, float):
+        what = f"the number {quote(version)}"
+    else:
+        what = f"{quote(version)}, a {'list' if isinstance(version, list) else 'mapping'}"
+    raise AsdError(f"format_version is {what}, not the integer {FORMAT_VERSION}", path)
 
 
 def rebuild(build_args: dict):
@@ -360,26 +463,37 @@ def rebuild(build_args: dict):
     return build_classifier(**build_args)
 
 
-def load_bundle(path: str | Path, device: str = "cpu", quantize: str | None = None) -> Bundle:
-    """Return a bundle ready to score: its content hash checked, its models rebuilt, its detectors fitted.
+def load_bundle(path: str | Path, device: str = "cpu", quantize: str | None = None,
+                verify_key: str | Path | None = None) -> Bundle:  # fmt: skip
+    """Return a bundle ready to score: its content hash (and signature) checked, its schema validated, its models rebuilt, its detectors fitted.
 
-    `quantize` overrides the bundle's own choice ("none" or "int8"; None: the bundle's).
+    `quantize` overrides the bundle's own choice ("none" or "int8"; None: the bundle's). With
+    `verify_key` (a key file of export --sign-key) a bundle not signed with that key is refused;
+    without it a bundle anyone rewrote with a recomputed content hash loads (see the module docstring).
     """
     import torch
     from safetensors.torch import load_file
 
+    from asdtool.bundle_schema import check_tensors
     from asdtool.detect import fit_section
     from asdtool.distributed import resolve_device
     from asdtool.store import Group
 
     path = Path(path)
-    meta = read_bundle_meta(path)
+    if quantize is not None and quantize not in QUANTIZE:
+        raise AsdError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quote(quantize)}")
+    meta, signature = _read_header(path)
+    key = read_key(verify_key) if verify_key is not None else None
     try:
         tensors = load_file(str(path))
     except Exception as exc:
         raise AsdError(f"cannot read the bundle's tensors ({str(exc).splitlines()[0][:120]})", path) from None
-    if content_sha256(meta, tensors) != meta.get("content_sha256"):
+    digest = content_sha256(meta, tensors)
+    if digest != meta["content_sha256"]:
         raise AsdError("has been modified since it was exported (content sha256 mismatch)", path)
+    if key is not None:
+        check_signature(signature, digest, key, path, verify_key)
+    check_tensors(meta, tensors, path)
     dev = resolve_device(device)
     members = []
     for i, m in enumerate(meta["members"]):
@@ -387,10 +501,17 @@ def load_bundle(path: str | Path, device: str = "cpu", quantize: str | None = No
         torch.manual_seed(0)
         try:
             model = rebuild(m["build_args"])
-        except (TypeError, ValueError, KeyError) as exc:
-            raise AsdError(f"member {m['name']}: cannot rebuild its model ({exc})", path) from None
+        except AsdError as exc:
+            raise AsdError(f"member {m['name']}: cannot rebuild its model ({exc.problem})", path) from None
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as exc:  # build_args is data
+            detail = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise AsdError(f"member {m['name']}: cannot rebuild its model ({detail})", path) from None
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a tensor of the wrong shape
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "a tensor of the wrong shape")
+            raise AsdError(f"member {m['name']}: weights do not fit its model ({detail[:200]})", path) from None
         if missing or unexpected:
             raise AsdError(f"member {m['name']}: weights do not fit its model ({len(missing)} missing, {len(unexpected)} unexpected)", path)
         model.to(dev).eval()
@@ -400,16 +521,17 @@ def load_bundle(path: str | Path, device: str = "cpu", quantize: str | None = No
                         {k: tuple(v) for k, v in m["stats"].items()})  # fmt: skip
         for machine, sections in meta["thresholds"].items():
             for section in sections:
-                base = f"m{i}/bank/{machine}/{section}/"
-                if base + "embeddings" not in tensors:
-                    raise AsdError(f"member {m['name']} has no memory bank of {machine} section {section}", path)
+                base = f"m{i}/bank/{machine}/{section}/"  # present, shaped and typed: check_tensors
                 values = tensors[base + "embeddings"].numpy()
                 domain = tensors[base + "domain"].numpy()
                 n = len(values)
                 group = Group([f"section_{section}_{j:04d}.wav" for j in range(n)], domain, np.full(n, -1, np.int8), [""] * n, values)
                 d = m["detector"]
-                member.banks[(machine, section)] = fit_section(group, d["k"], d["smote_ratio"], d["smote_k"], d["seed"],
-                                                               d["normalise"], d["density_k"])  # fmt: skip
+                try:
+                    member.banks[(machine, section)] = fit_section(group, d["k"], d["smote_ratio"], d["smote_k"], d["seed"],
+                                                                   d["normalise"], d["density_k"])  # fmt: skip
+                except AsdError as exc:  # e.g. k larger than the bank
+                    raise AsdError(f"member {m['name']}, {machine} section {section}: {exc.problem}", path) from None
         members.append(member)
     thresholds = {(mc, s): float(t) for mc, secs in meta["thresholds"].items() for s, t in secs.items()}
     return Bundle(path, meta, members, meta["weights"], thresholds, dev)
@@ -473,7 +595,7 @@ def score_recordings(
     window = int(round(bundle.seconds * SAMPLE_RATE))
     hop_n = window if hop is None else int(round(hop * SAMPLE_RATE))
     if hop_n < 1:
-        raise AsdError(f"--hop must be positive, got {hop}")
+        raise AsdError(f"--hop {hop:g} s is shorter than one sample at {SAMPLE_RATE // 1000} kHz ({1 / SAMPLE_RATE:g} s)")
     autocast = bundle.device.type == "cuda"
     # per (member, view): windows waiting for a batch, and the embeddings made, with their recording index
     pending: dict[tuple[int, str], list[tuple[int, np.ndarray]]] = {}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from asdtool.data.layouts import YEARS as LAYOUT_YEARS
-from asdtool.errors import AsdError
+from asdtool.errors import AsdError, quote
 
 # ----------------------------------------------------------------------------- declaring options
 
@@ -95,7 +95,7 @@ def coerce(value: Any, tp: Any, where: str, path: Path | None) -> Any:
         item = typing.get_args(inner)[0]
         items = value if isinstance(value, list) else [value]
         return [coerce(v, item, f"{where}[{i}]", path) for i, v in enumerate(items)]
-    bad = AsdError(f"{where}: expected {_describe(inner)}, got {value!r}", path)
+    bad = AsdError(f"{where}: expected {_describe(inner)}, got {quote(value)}", path)
     if inner is bool:
         if not isinstance(value, bool):
             raise bad
@@ -120,39 +120,37 @@ def coerce(value: Any, tp: Any, where: str, path: Path | None) -> Any:
 
 
 def read_section(path: Path, section: Section, name: str | None, cls) -> dict[str, Any]:
-    """Return the typed options of `section` (or `section.name`) of a params YAML file, checked against `cls`."""
-    import yaml
+    """Return the typed options of `section` (or `section.name`) of a params YAML file, checked against `cls`.
+
+    The file is read by `asdtool.safeparse` (bounded size and nesting, no aliases, no duplicate keys).
+    """
+    from asdtool.safeparse import read_yaml
 
     path = Path(path)
     if section.named and not name:
         raise AsdError(f"--params needs --name: which entry of {section.key!r} to read")
-    if not path.is_file():
-        raise AsdError("params file does not exist", path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise AsdError(f"is not valid YAML ({str(exc).splitlines()[0]})", path) from None
+    doc = read_yaml(path, what="params file") or {}
     dotted = f"{section.key}.{name}" if section.named else section.key
     node: Any = doc
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise AsdError(f"has no section {dotted!r}", path)
+            raise AsdError(f"has no section {quote(dotted)}", path)
         node = node[part]
     if node is None:
         node = {}
     if not isinstance(node, dict):
-        raise AsdError(f"section {dotted!r} is not a mapping of options", path)
+        raise AsdError(f"section {quote(dotted)} is not a mapping of options", path)
     by_name = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}
     for key, value in node.items():
         attr = str(key).replace("-", "_")
         if attr not in by_name:
-            raise AsdError(f"section {dotted!r} has unknown option {key!r}", path)
+            raise AsdError(f"section {quote(dotted)} has unknown option {quote(key)}", path)
         f = by_name[attr]
         value = coerce(value, field_type(cls, f), f"{dotted}.{key}", path)
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
-            raise AsdError(f"{dotted}.{key}: {value!r} is not one of {', '.join(choices)}", path)
+            raise AsdError(f"{dotted}.{key}: {quote(value)} is not one of {', '.join(choices)}", path)
         values[attr] = value
     return values
 
@@ -181,18 +179,61 @@ def build(cls, params: Path | None, name: str | None, given: dict[str, Any]):
 # ----------------------------------------------------------------------------- range checks
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _finite(name: str, value: Any) -> None:
+    """Refuse nan and inf, which pass every comparison check or fail it in silence (nan < x is False)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AsdError(f"{_flag(name)} must be a finite number, got {value}")
+
+
 def _at_least(cfg, minimum: float, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
-        if value is not None and value < minimum:
-            raise AsdError(f"--{name.replace('_', '-')} must be at least {minimum:g}, got {value}")
+        if value is not None:
+            _finite(name, value)
+            if value < minimum:
+                raise AsdError(f"{_flag(name)} must be at least {minimum:g}, got {value}")
 
 
 def _positive(cfg, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise AsdError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+        if value is not None:
+            _finite(name, value)
+            if not value > 0:
+                raise AsdError(f"{_flag(name)} must be a positive number, got {value}")
+
+
+def _within(cfg, name: str, low: float, high: float, *, above: bool = False, unit: str = "") -> None:
+    """Refuse a value outside [low, high] (with `above`: (low, high]); integers read `low..high`."""
+    value = getattr(cfg, name)
+    if value is None:
+        return
+    _finite(name, value)
+    if value < low or (above and value == low) or value > high:
+        if isinstance(low, int) and isinstance(high, int) and not above:
+            span = f"{low}..{high}"
+        else:
+            span = f"{'(' if above else '['}{low:g}, {high:g}]"
+        raise AsdError(f"{_flag(name)} must lie in {span}{unit}, got {value}")
+
+
+SAMPLE_RATE = 16_000  # asdtool.data.audio.SAMPLE_RATE (that module imports numpy); every recording is read at it
+MAX_BATCH = 4096  # windows per forward pass of score and serve
+MAX_THREADS = 1024
+MAX_HOP = 3600.0  # seconds between window starts
+MAX_RECORDING = 86_400.0  # seconds: the longest --max-seconds accepted (a day)
+
+
+def _check_hop(cfg) -> None:
+    """Refuse a hop that is not finite, not in (0, MAX_HOP] seconds, or shorter than one sample."""
+    _within(cfg, "hop", 0.0, MAX_HOP, above=True, unit=" seconds")
+    if cfg.hop is not None and cfg.hop < 1 / SAMPLE_RATE:
+        raise AsdError(f"--hop {cfg.hop:g} s is shorter than one sample at {SAMPLE_RATE // 1000} kHz "
+                       f"({1 / SAMPLE_RATE:g} s)")  # fmt: skip
 
 
 def _check_seed(cfg) -> None:
@@ -455,7 +496,7 @@ class FinetuneConfig(ReadsData):
         for part in self.checkpoint.split(","):
             key, _, value = part.partition("=")
             if key.strip() not in ("beats", "eat") or not value.strip():
-                raise AsdError(f"dual checkpoint must read beats=PATH,eat=PATH, got {self.checkpoint!r}")
+                raise AsdError(f"dual checkpoint must read beats=PATH,eat=PATH, got {quote(self.checkpoint)}")
             out[key.strip()] = value.strip()
         return out
 
@@ -750,12 +791,14 @@ class ScoreConfig:
     force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
-        _at_least(self, 1, "batch_size", "threads")
-        _positive(self, "hop", "max_seconds")
+        _within(self, "batch_size", 1, MAX_BATCH)
+        _within(self, "threads", 1, MAX_THREADS)
+        _check_hop(self)
+        _within(self, "max_seconds", 0.0, MAX_RECORDING, above=True, unit=" seconds")
         if self.out is not None and self.out.suffix.lower() not in (".csv", ".json"):
             raise AsdError(f"--out must end in .csv or .json, got {self.out.name}")
         if self.section is not None and not re.fullmatch(r"\d{2}", self.section):
-            raise AsdError(f"--section must be two digits such as 00, got {self.section!r}")
+            raise AsdError(f"--section must be two digits such as 00, got {quote(self.section)}")
 
 
 @dataclass(kw_only=True)
@@ -784,11 +827,13 @@ class ServeConfig:
     verify_key: Path | None = option(None, VERIFY_HELP, recipe=False)
 
     def validate(self) -> None:
-        _at_least(self, 1, "batch_size", "threads", "max_bytes")
-        _positive(self, "hop")
-        _at_least(self, 0, "max_wait_ms")
-        if not 0 < self.port < 65536:
-            raise AsdError(f"--port must lie in 1..65535, got {self.port}")
+        _within(self, "port", 1, 65535)
+        _within(self, "max_bytes", 1, 2**31)
+        _within(self, "batch_size", 1, MAX_BATCH)
+        _within(self, "max_wait_ms", 0.0, 10_000.0, unit=" milliseconds")
+        _within(self, "threads", 1, MAX_THREADS)
+        _check_hop(self)
+        _within(self, "max_seconds", 0.0, MAX_RECORDING, above=True, unit=" seconds")
 
 
 @dataclass(kw_only=True)

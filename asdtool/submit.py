@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,9 +26,12 @@ from typing import Any, Callable, Mapping
 from asdtool import metrics, outputs
 from asdtool.atomic import atomic_dir
 from asdtool.data import dcase
-from asdtool.errors import AsdError, few
+from asdtool.errors import AsdError, few, quote
+from asdtool.safeparse import read_json, read_yaml
 
 META_SUFFIX = ".meta.yaml"
+# the organisers' submission label: Lastname_Institute_task2_N, N the submission index (at most four per team)
+LABEL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+_task2_[1-4]$")
 # system.description of the challenge's meta file; year-specific extra fields given are kept too
 DESCRIPTION_FIELDS = (
     "input_sampling_rate", "acoustic_features", "data_augmentation", "front_end", "embeddings",
@@ -123,17 +127,18 @@ def _blank_author() -> dict:
     return author
 
 
+def label_problem(label: str) -> str | None:
+    """Return why `label` is not a submission label of the organisers' pattern, or None when it is one."""
+    if LABEL_PATTERN.fullmatch(label):
+        return None
+    return (f"submission label {quote(label)} is not of the organisers' form Lastname_Institute_task2_N, N the "
+            f"submission index 1-4 ({LABEL_PATTERN.pattern})")
+
+
 def read_meta_params(path: str | Path) -> dict:
     """Return the meta values of a YAML file shaped like the meta file (submission:, system:)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise AsdError("meta params file does not exist", path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise AsdError(f"is not valid YAML ({str(exc).splitlines()[0]})", path) from None
+    doc = read_yaml(path, what="meta params file")
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -157,7 +162,7 @@ def meta_document(label: str, values: Mapping[str, Any], dev: Mapping[str, Any] 
     for key, value in submission.items():
         if key == "label":
             if str(value) != label:
-                raise AsdError(f"submission.label {value!r} differs from the submission's label {label!r} "
+                raise AsdError(f"submission.label {quote(value)} differs from the submission's label {quote(label)} "
                                "(the --out folder's name)", source)  # fmt: skip
         elif key == "authors":
             if not isinstance(value, list) or not value:
@@ -204,13 +209,13 @@ def _mapping(value: Any, where: str, source: str | Path | None) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise AsdError(f"{where}: expected a mapping of fields, got {value!r}", source)
+        raise AsdError(f"{where}: expected a mapping of fields, got {quote(value)}", source)
     return value
 
 
 def _scalar(value: Any, where: str, source: str | Path | None) -> Any:
     if value is not None and not isinstance(value, (str, int, float, bool)):
-        raise AsdError(f"{where}: expected a single value, got {value!r}", source)
+        raise AsdError(f"{where}: expected a single value, got {quote(value)}", source)
     return value
 
 
@@ -220,28 +225,26 @@ def read_dev_metrics(path: str | Path) -> dict:
     Per machine type its AUC (source), AUC (target) and pAUC (the JSON's means over the type's sections,
     one section per type since DCASE 2023), then the official score.
     """
-    import json
-
     path = Path(path)
-    if not path.is_file():
-        raise AsdError("dev metrics file does not exist", path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AsdError(f"is not valid JSON ({exc.__class__.__name__})", path) from None
+    doc = read_json(path, what="dev metrics file")
     machines = doc.get("machines") if isinstance(doc, dict) else None
     if not isinstance(machines, dict) or not machines or not _is_number(doc.get("official_score")):
         raise AsdError("is not a metrics file of asdtool evaluate --out (it needs official_score and machines)", path)
     out: dict[str, Any] = {}
     for machine, values in machines.items():
         if not isinstance(values, dict):
-            raise AsdError(f"machines.{machine} is not a mapping of metrics", path)
+            raise AsdError(f"machines.{_short(machine)} is not a mapping of metrics", path)
         for key in DEV_FIELDS:
             if key not in values or not (values[key] is None or _is_number(values[key])):  # null: no target domain
-                raise AsdError(f"machines.{machine}.{key} is missing or not a number", path)
+                raise AsdError(f"machines.{_short(machine)}.{key} is missing or not a number", path)
         out[machine] = {key: None if values[key] is None else _percent(values[key]) for key in DEV_FIELDS}
     out["official_score"] = _percent(doc["official_score"])  # DCASE machine type names hold no "_"
     return out
+
+
+def _short(name: str, limit: int = 80) -> str:
+    """Return a key of the user's file cut to `limit` characters, for a message."""
+    return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
 def _is_number(value: Any) -> bool:
@@ -279,8 +282,11 @@ def write_submission(scores: str | Path, data_root: str | Path, out: str | Path,
     out, scores = Path(out), Path(scores)
     label = label or out.name
     if label != out.name:
-        raise AsdError(f"--label {label!r} differs from the --out folder's name {out.name!r}; a submission folder "
-                       "is named by its label")  # fmt: skip
+        raise AsdError(f"--label {quote(label)} differs from the --out folder's name {quote(out.name)}; a submission "
+                       "folder is named by its label")  # fmt: skip
+    problem = label_problem(label)
+    if problem:
+        raise AsdError(problem, out)
     if not 0.0 < decision_quantile < 1.0:
         raise AsdError(f"--decision-quantile must lie in (0, 1), got {decision_quantile}")
     if (out.exists() or out.is_symlink()) and not force:
@@ -319,11 +325,15 @@ def write_submission(scores: str | Path, data_root: str | Path, out: str | Path,
 
     import yaml
 
+    class MetaDumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):  # a value given twice is written twice: the check refuses aliases
+            return True
+
     with atomic_dir(out) as tmp:
         for (machine, section), (scored, decided) in rows.items():
             metrics.write_score_csv(tmp / metrics.score_file_name(machine, section), scored)
             metrics.write_score_csv(tmp / metrics.decision_file_name(machine, section), decided)
-        text = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
+        text = yaml.dump(meta, Dumper=MetaDumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
         (tmp / f"{label}{META_SUFFIX}").write_text(text, encoding="utf-8")
         check = check_folder(tmp, label, sections)
         if check.problems:  # a bug of this module, never of the inputs (they were checked above)
@@ -355,7 +365,11 @@ def check_submission(folder: str | Path, data_root: str | Path, reading: dcase.R
     folder = Path(folder)
     if not folder.is_dir():
         raise AsdError("submission folder does not exist", folder)
-    return check_folder(folder, folder.name, eval_sections(data_root, reading))
+    result = check_folder(folder, folder.name, eval_sections(data_root, reading))
+    problem = label_problem(folder.name)
+    if problem:
+        result.problems.insert(0, f"{folder}: {problem}")
+    return result
 
 
 def check_folder(folder: Path, label: str, sections: Mapping[Key, list[str]]) -> CheckResult:
@@ -452,17 +466,15 @@ def _check_rows(path: Path, names: list[str], what: str, parse: Callable[[str, s
 
 
 def _check_meta(path: Path, label: str) -> list[str]:
-    import yaml
-
     if not path.is_file():
         return [f"{path}: file is missing"]
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        return [f"{path}: is not valid YAML ({str(exc).splitlines()[0]})"]
+        doc = read_yaml(path, what="meta file")
+    except AsdError as exc:
+        return [str(exc)]
     submission = doc.get("submission") if isinstance(doc, dict) else None
     if not isinstance(submission, dict) or "label" not in submission:
         return [f"{path}: has no submission.label"]
     if str(submission["label"]) != label:
-        return [f"{path}: submission.label {submission['label']!r} is not the folder's label {label!r}"]
+        return [f"{path}: submission.label {quote(submission['label'])} is not the folder's label {quote(label)}"]
     return []

@@ -97,7 +97,9 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
     """
     cfg.validate()
     out = Path(cfg.out)
-    outputs.check_folder(out, outputs.named(lambda name: name in MODEL_FILES, outputs.MODEL_FOLDER_ENTRY),
+    # --resume reads the folder's files next and refuses one that is not a checkpoint of its own, in its own words
+    entry = outputs.Kind("a model file", lambda p: True) if cfg.resume else outputs.MODEL_FOLDER_ENTRY
+    outputs.check_folder(out, outputs.named(lambda name: name in MODEL_FILES, entry),
                          inputs=[*cfg.data_root, *_checkpoint_paths(cfg), cfg.pseudo_labels])  # fmt: skip
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

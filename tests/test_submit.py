@@ -338,3 +338,122 @@ def test_submit_replaces_an_existing_folder_only_with_force(tmp_path, eval_root,
     r = _submit("--scores", scores[0], "--data-root", eval_root, "--out", out, "--force")
     assert r.exit_code == 1 and "holds notes.txt, which this command did not write" in " ".join(r.stderr.split())
     assert (out / "notes.txt").read_text() == "mine"
+
+
+LABEL_FORM = ("is not of the organisers' form Lastname_Institute_task2_N, N the submission index 1-4 "
+              "(^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+_task2_[1-4]$)")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "label, valid",
+    [("Doe_LAB_task2_1", True), ("Other_X_task2_4", True), ("van-Dam_TU-Delft2_task2_3", True),
+     ("not-a-label", False), ("Doe_LAB_task2_5", False), ("Doe_LAB_task2_0", False), ("Doe_LAB_task1_1", False),
+     ("Doe_task2_1", False), ("1Doe_LAB_task2_1", False), ("Doe_LAB_task2_1_x", False), ("Doe_L.B_task2_1", False),
+     ("Doe_LAB_task2_1\n", False)],
+)  # fmt: skip
+def test_labels_follow_the_organisers_pattern(label, valid):
+    from asdtool.submit import label_problem
+
+    assert label_problem(label) == (None if valid else f"submission label {label!r} {LABEL_FORM}")
+
+
+def test_submit_refuses_an_out_folder_not_named_as_a_label(tmp_path, eval_root, scores):
+    out = tmp_path / "sub" / "not-a-label"
+    line = _refused(_submit("--scores", scores[0], "--data-root", eval_root, "--out", out), out)
+    assert line == f"error: {out}: submission label 'not-a-label' {LABEL_FORM}"
+    out = tmp_path / "sub" / "Doe_LAB_task2_5"
+    line = _refused(_submit("--scores", scores[0], "--data-root", eval_root, "--out", out, "--label", out.name), out)
+    assert line == f"error: {out}: submission label 'Doe_LAB_task2_5' {LABEL_FORM}"
+
+
+def test_check_names_a_folder_not_named_as_a_label(submission, eval_root, tmp_path):
+    folder = tmp_path / "not-a-label"
+    shutil.copytree(submission, folder)
+    (folder / META).rename(folder / "not-a-label.meta.yaml")
+    r = _submit("--check", folder, "--data-root", eval_root)
+    assert r.exit_code == 1
+    assert r.stderr.splitlines() == [
+        f"{folder}: submission label 'not-a-label' {LABEL_FORM}",
+        f"{folder}/not-a-label.meta.yaml: submission.label '{LABEL}' is not the folder's label 'not-a-label'",
+        f"error: {folder}: not a valid submission (2 problem(s))"]  # fmt: skip
+
+
+DEEP = "submission: " + "[" * 50_000 + "\n"
+TOO_DEEP = "nests lists and mappings deeper than 64 levels (line 1)"
+
+
+def test_check_of_a_deeply_nested_meta_file_is_one_problem_line(submission, eval_root, tmp_path):
+    folder = tmp_path / LABEL
+    shutil.copytree(submission, folder)
+    (folder / META).write_text(DEEP)
+    before = (folder / META).read_bytes()
+    r = _submit("--check", folder, "--data-root", eval_root)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)  # no RecursionError caught by the runner
+    assert "Traceback" not in r.output
+    assert _problem_lines(r, folder) == [f"{folder / META}: {TOO_DEEP}"]
+    assert r.stderr.splitlines()[-1] == f"error: {folder}: not a valid submission (1 problem(s))"
+    assert (folder / META).read_bytes() == before
+
+
+META_PARAMS_REFUSED = {  # case: (text of --meta-params, the one error's problem)
+    "deep": (DEEP, TOO_DEEP),
+    "duplicate key": ("submission:\n  name: A\n  name: B\n", "has the key 'name' twice in one mapping (lines 2 and 3)"),
+    "alias": ("a: &who Doe\nsubmission:\n  name: *who\n",
+              "defines the YAML anchor &who (line 1); anchors and aliases are not accepted, write the value out"),
+    "not a scalar": ("submission:\n  name: [" + ", ".join(["x"] * 1000) + "]\n",
+                     "submission.name: expected a single value, got ['x', 'x', 'x', 'x', 'x', 'x', ...]"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(META_PARAMS_REFUSED))
+def test_submit_refuses_hostile_meta_params_in_one_line(case, tmp_path, eval_root, scores):
+    text, problem = META_PARAMS_REFUSED[case]
+    meta = tmp_path / "meta.yaml"
+    meta.write_text(text)
+    before = meta.read_bytes()
+    out = tmp_path / "submission" / LABEL
+    r = _submit("--scores", scores[0], "--data-root", eval_root, "--out", out, "--meta-params", meta)
+    assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
+    assert _refused(r, out) == f"error: {meta}: {problem}"
+    assert meta.read_bytes() == before
+
+
+DEV_REFUSED = {  # case: (text of --dev-metrics, the one error's problem)
+    "deep": ('{"official_score": 0.5, "machines": ' + "[" * 50_000, "nests arrays and objects deeper than 64 levels"),
+    "duplicate key": ('{"official_score": 0.5, "official_score": 0.9, "machines": {}}',
+                      "has the key 'official_score' twice in one object"),
+    "not JSON": ('{"official_score": 0.5,', "is not valid JSON (Expecting property name enclosed in double quotes: "
+                                            "line 1 column 24 (char 23))"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DEV_REFUSED))
+def test_submit_refuses_hostile_dev_metrics_in_one_line(case, tmp_path, eval_root, scores):
+    text, problem = DEV_REFUSED[case]
+    dev = tmp_path / "dev.json"
+    dev.write_text(text)
+    before = dev.read_bytes()
+    out = tmp_path / "submission" / LABEL
+    r = _submit("--scores", scores[0], "--data-root", eval_root, "--out", out, "--dev-metrics", dev)
+    assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
+    assert _refused(r, out) == f"error: {dev}: {problem}"
+    assert dev.read_bytes() == before
+
+
+def test_a_value_given_twice_is_written_out_twice_not_as_an_alias(tmp_path, eval_root, scores, monkeypatch):
+    """The check refuses YAML aliases, so the meta file submit writes must hold none, even of one object used twice."""
+    from asdtool import submit
+
+    affiliation = {"abbreviation": "LAB", "institute": "Example Lab"}
+    plain = submit.meta_document
+
+    def sharing(label, values, dev=None, source=None):
+        doc = plain(label, values, dev, source)
+        doc["system"]["external_datasets"] = [affiliation, affiliation]  # safe_dump would write &id001 and *id001
+        return doc
+
+    monkeypatch.setattr(submit, "meta_document", sharing)
+    done = write_submission(scores[0], eval_root, tmp_path / LABEL)
+    text = (tmp_path / LABEL / META).read_text()
+    assert "&id" not in text and "*id" not in text
+    assert yaml.safe_load(text)["system"]["external_datasets"] == [affiliation, affiliation] == done.meta["system"]["external_datasets"]

@@ -124,8 +124,9 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
     """
     cfg.validate()
     out = Path(cfg.out)
-    outputs.check_folder(out, outputs.named(lambda name: name in OUT_FILES, outputs.MODEL_FOLDER_ENTRY),
-                         inputs=[*cfg.audio, cfg.checkpoint])  # fmt: skip
+    # --resume reads the folder's files next and refuses one that is not a state of its own, in its own words
+    entry = outputs.Kind("a pre-training file", lambda p: True) if cfg.resume else outputs.MODEL_FOLDER_ENTRY
+    outputs.check_folder(out, outputs.named(lambda name: name in OUT_FILES, entry), inputs=[*cfg.audio, cfg.checkpoint])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = init_distributed(cfg.device)
