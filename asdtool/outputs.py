@@ -47,7 +47,8 @@ class Kind:
     def __call__(self, path: Path) -> bool:
         try:
             return path.is_file() and bool(self.recognise(path))
-        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, struct.error, zipfile.BadZipFile):
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError, struct.error,
+                zipfile.BadZipFile):  # fmt: skip
             return False
 
 

@@ -3,7 +3,6 @@ systems by machine type and metric (Table 4 layout)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -16,13 +15,12 @@ _TOTALS = {"auc_source": "hmean_auc_source", "auc_target": "hmean_auc_target", "
 
 def read_metrics(path: str | Path) -> dict:
     """Return a metrics.json written by `asdtool evaluate`, checked for its keys."""
+    from asdtool.safeparse import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AsdError("metrics file does not exist (run asdtool evaluate --out first)", path) from None
-    except (OSError, ValueError) as exc:
-        raise AsdError(f"is not a readable metrics JSON ({exc.__class__.__name__})", path) from None
+    if not path.exists():
+        raise AsdError("metrics file does not exist (run asdtool evaluate --out first)", path)
+    data = read_json(path, what="metrics file")
     if not isinstance(data, dict) or any(k not in data for k in _KEYS):
         raise AsdError("is not a metrics.json of asdtool evaluate (missing keys)", path)
     return data

@@ -14,7 +14,6 @@ config into plain dicts without omegaconf or fairseq and refuses any other pickl
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,10 +419,9 @@ def _read_hf(path: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
     for needed in (config_path, weights_path):
         if not needed.is_file():
             raise AsdError(f"Hugging Face EAT folder lacks {needed.name}", folder)
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AsdError(f"cannot read config.json: {e}", config_path) from None
+    from asdtool.safeparse import read_json
+
+    hf_config = read_json(config_path, what="Hugging Face config")
     try:
         tensors = load_file(weights_path, device="cpu")
     except (OSError, SafetensorError) as e:
