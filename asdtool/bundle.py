@@ -219,7 +219,7 @@ def export_bundle(
 
     from asdtool import metrics, outputs, store as stores
     from asdtool.atomic import atomic_path
-    from asdtool.bundle_schema import check_meta, check_tensors
+    from asdtool.bundle_schema import check_detector, check_meta, check_tensors
     from asdtool.detect import check_normalisation, detect_store
     from asdtool.ensemble import check_weights
 
@@ -233,11 +233,17 @@ def export_bundle(
     else:
         w = None
     check_normalisation(normalise, density_k)
+    settings = {"k": k, "smote_ratio": smote_ratio, "smote_k": smote_k, "seed": seed, "normalise": normalise,
+                "density_k": density_k}  # fmt: skip
+    try:  # before the fitting, which a library caller's k=2.0 would crash
+        check_detector(settings, out)
+    except AsdError as exc:
+        raise AsdError(f"would be an invalid bundle: {exc.problem}", out) from None
     if quantize not in QUANTIZE:
         raise AsdError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     if not 0.0 < decision_quantile < 1.0:
         raise AsdError(f"--decision-quantile must lie strictly between 0 and 1, got {decision_quantile}")
-    key = read_key(sign_key) if sign_key is not None else None  # before the fitting: a bad key file fails fast
+    signing_key = read_key(sign_key) if sign_key is not None else None  # before the fitting: a bad key file fails fast
     model_files = [f for m in models if str(m) != FROZEN for f in outputs.files_of(m)]
     outputs.check_file(out, outputs.BUNDLE, inputs=[*model_files, *embeddings, *inputs, sign_key], force=force)
 
@@ -282,8 +288,7 @@ def export_bundle(
             "build_args": source.build_args,
             "seconds": float(source.seconds),
             "channel": source.channel,
-            "detector": {"k": k, "smote_ratio": smote_ratio, "smote_k": smote_k, "seed": seed, "normalise": normalise,
-                         "density_k": density_k},
+            "detector": dict(settings),
             "stats": stats,
             "checkpoint_sha256": source.fingerprint,
             "clips_sha256": emb.meta.clips_sha256,
@@ -336,8 +341,8 @@ def export_bundle(
     except AsdError as exc:
         raise AsdError(f"would be an invalid bundle: {exc.problem}", out) from None
     metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
-    if key is not None:
-        metadata[SIGNATURE_KEY] = bundle_signature(meta["content_sha256"], key)
+    if signing_key is not None:
+        metadata[SIGNATURE_KEY] = bundle_signature(meta["content_sha256"], signing_key)
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return ExportResult(out, [m["name"] for m in members_meta], w, sections_out, out.stat().st_size)

@@ -48,7 +48,7 @@ class Detector(_Strict):
     """A member's detector settings: detect's k, SMOTE and normalisation."""
 
     k: int = Field(ge=1)
-    smote_ratio: Finite = Field(ge=0)
+    smote_ratio: Finite = Field(ge=0, le=1000)  # SMOTE makes ratio x (source clips) rows at load: bounded
     smote_k: int = Field(ge=1)
     seed: int = Field(ge=0, le=MAX_SEED)
     normalise: Literal[NORMALISATIONS]
@@ -60,7 +60,7 @@ class MemberMeta(_Strict):
 
     name: Name
     build_args: dict[str, Any]
-    seconds: Finite = Field(gt=0)
+    seconds: Finite = Field(gt=0, le=600)  # a window; the longest clip of any DCASE year is 18 s
     channel: Literal[VIEW_CHANNELS]
     detector: Detector
     stats: dict[str, Annotated[list[Finite], Field(min_length=2, max_length=2)]]  # machine -> [mean, std]
@@ -133,10 +133,20 @@ class _Problem(ValueError):
 
 def check_meta(meta: dict, path) -> None:
     """Refuse a bundle's metadata document that breaks the schema, in one line naming `path` and the field."""
+    _validate(BundleMeta, meta, path, ())
+
+
+def check_detector(settings: dict, path) -> None:
+    """Refuse detector settings (a member's `detector`) that break the schema, the field named `detector.<name>`."""
+    _validate(Detector, settings, path, ("detector",))
+
+
+def _validate(model: type[BaseModel], doc, path, loc: tuple) -> None:
     try:
-        BundleMeta.model_validate(meta)
+        model.model_validate(doc)
     except ValidationError as exc:
-        raise AsdError(_describe(exc.errors()[0]), path) from None
+        first = exc.errors()[0]
+        raise AsdError(_describe({**first, "loc": (*loc, *first["loc"])}), path) from None
 
 
 def check_tensors(meta: dict, tensors: dict, path) -> None:
@@ -205,6 +215,11 @@ def _field(loc: tuple) -> str:
     return out
 
 
+def _bound(value) -> str:
+    """Return a range's bound as written in the schema: 0, not the 0.0 pydantic makes of a float field's bound."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 _TYPES = {"int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type": "true or false",
           "dict_type": "a mapping (JSON object)", "list_type": "a list", "model_type": "a mapping (JSON object)"}  # fmt: skip
 
@@ -226,13 +241,13 @@ def _describe(err: dict) -> str:
     if kind == "finite_number":
         return f"{where} must be a finite number{got}"
     if kind == "greater_than_equal":
-        return f"{where} must be at least {ctx['ge']}{got}"
+        return f"{where} must be at least {_bound(ctx['ge'])}{got}"
     if kind == "greater_than":
-        return f"{where} must be greater than {ctx['gt']}{got}"
+        return f"{where} must be greater than {_bound(ctx['gt'])}{got}"
     if kind == "less_than_equal":
-        return f"{where} must be at most {ctx['le']}{got}"
+        return f"{where} must be at most {_bound(ctx['le'])}{got}"
     if kind == "less_than":
-        return f"{where} must be less than {ctx['lt']}{got}"
+        return f"{where} must be less than {_bound(ctx['lt'])}{got}"
     if kind == "literal_error":
         return f"{where} must be {ctx['expected']}{got}"
     if kind == "too_short":

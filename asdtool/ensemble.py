@@ -125,11 +125,14 @@ def z_normalise(folder: ScoreFolder) -> ScoreFolder:
     return ScoreFolder(folder.path, files)
 
 
-def check_weights(weights: Sequence[float], n_models: int) -> np.ndarray:
-    """Return the weights as an array; refuse a wrong count, negative or non-finite weights, or a sum <= 0."""
+def check_weights(weights: Sequence[float], n_models: int, of: str = "score folders") -> np.ndarray:
+    """Return the weights as an array; refuse a wrong count, negative or non-finite weights, or a sum <= 0.
+
+    `of` names what the weights belong to in the count's message (export: "--model members").
+    """
     w = np.asarray(list(weights), dtype=np.float64)
     if len(w) != n_models:
-        raise AsdError(f"{len(w)} weights for {n_models} score folders: give one weight per folder")
+        raise AsdError(f"{len(w)} weights for {n_models} {of}: give one weight to each")
     if not np.all(np.isfinite(w)):
         raise AsdError(f"weights must be finite numbers, got {list(weights)}")
     if np.any(w < 0):

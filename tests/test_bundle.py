@@ -193,7 +193,7 @@ def test_export_refuses_mismatched_inputs(fitted, tmp_path):
         export_bundle([fitted["full"]], [base / "lora.h5"], tmp_path / "x.asd")
     with pytest.raises(AsdError, match="needs one --weights per --model"):
         export_bundle([fitted["full"], fitted["full2"]], [base / "full.h5", base / "full2.h5"], tmp_path / "x.asd")
-    with pytest.raises(AsdError, match="2 weights for 1 score folders"):
+    with pytest.raises(AsdError, match="2 weights for 1 --model members"):
         export_bundle([fitted["full"]], [base / "full.h5"], tmp_path / "x.asd", weights=[1, 2])
     assert not (tmp_path / "x.asd").exists()
 

@@ -40,7 +40,7 @@ def run(cfg: ExportConfig) -> None:
         result = export_bundle(cfg.model, cfg.embeddings, cfg.out, weights, cfg.k, cfg.smote_ratio, cfg.smote_k, cfg.seed,
                                cfg.normalise, cfg.density_k, cfg.decision_quantile,
                                progress=lambda text: status.update(text), quantize=cfg.quantize, force=cfg.force,
-                               inputs=[cfg.search, cfg.sign_key])  # fmt: skip
+                               inputs=[cfg.search, cfg.sign_key], sign_key=cfg.sign_key)  # fmt: skip
     kind = "model " + result.members[0] if result.weights is None else (
         "system of " + ", ".join(f"{m} ({w:g})" for m, w in zip(result.members, result.weights)))
     table = Table(title=f"export -> {cfg.out}: {kind}", title_justify="left")

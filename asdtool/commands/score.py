@@ -59,7 +59,7 @@ def run(cfg: ScoreConfig) -> None:
     if cfg.plot is not None:
         outputs.check_folder(cfg.plot, outputs.named(lambda name: name.endswith(".png"), outputs.PNG),
                              inputs=[*inputs, cfg.out])  # fmt: skip
-    bundle = load_bundle(cfg.bundle, cfg.device)
+    bundle = load_bundle(cfg.bundle, cfg.device, verify_key=cfg.verify_key)
     if cfg.log is not None:
         check_log(cfg.log, bundle)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

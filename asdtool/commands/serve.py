@@ -43,7 +43,7 @@ def run(cfg: ServeConfig) -> None:
         torch.set_num_threads(cfg.threads)
     read_bundle_meta(cfg.bundle)  # a missing or foreign file fails first, and fast
     check_address(cfg.host, cfg.port)
-    bundle = load_bundle(cfg.bundle, cfg.device)
+    bundle = load_bundle(cfg.bundle, cfg.device, verify_key=cfg.verify_key)
     if cfg.log is not None:
         check_log(cfg.log, bundle)
     app = make_app(bundle, max_bytes=cfg.max_bytes, batch_size=cfg.batch_size, max_wait_ms=cfg.max_wait_ms,
