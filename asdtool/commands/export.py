@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from asdtool.config import ExportConfig
-from asdtool.errors import AsdError
+from asdtool.errors import AsdError, quote
 
 
 def search_weights(path: Path, stores: list[Path]) -> list[float]:
     """Return the best weights of an `ensemble --search-out` JSON whose models are the stores' model names, in order."""
+    from asdtool.safeparse import read_json
     from asdtool.store import read_store
 
+    if not Path(path).exists():
+        raise AsdError("search result does not exist", path)
+    doc = read_json(path, what="search result")
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
         names, weights = doc["models"], doc["best"]["weights"]
-    except FileNotFoundError:
-        raise AsdError("search result does not exist", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        if not isinstance(names, list) or not isinstance(weights, list) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+            raise TypeError
+    except (KeyError, TypeError):
         raise AsdError("is not an ensemble --search-out file (models, best.weights)", path) from None
     given = [read_store(s).meta.model for s in stores]
     if names != given:
-        raise AsdError(f"searched the weights of {', '.join(map(str, names))}; the --embeddings stores hold "
-                       f"{', '.join(given)}", path)  # fmt: skip
+        raise AsdError(f"searched the weights of {quote(names)}; the --embeddings stores hold {quote(given)}", path)
     return [float(w) for w in weights]
 
 
