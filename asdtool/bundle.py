@@ -710,8 +710,12 @@ def expand_paths(items: Sequence[str]) -> list[str | Path]:
     return list(out)
 
 
-def read_audio_bytes(data: bytes, name: str) -> np.ndarray:
-    """Return the channels [C, T] of WAV/FLAC bytes (stdin, an upload), checked as a file is; errors name `name`."""
+def read_audio_bytes(data: bytes, name: str, max_seconds: float | None = None) -> np.ndarray:
+    """Return the channels [C, T] of WAV/FLAC bytes (stdin, an upload), checked as a file is; errors name `name`.
+
+    With `max_seconds`, a recording whose header declares more audio is refused before decoding
+    (`asdtool.data.audio.TooLong`).
+    """
     import os
     import tempfile
 
@@ -721,9 +725,9 @@ def read_audio_bytes(data: bytes, name: str) -> np.ndarray:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return read_channels(tmp, seconds=None)
+        return read_channels(tmp, seconds=None, max_seconds=max_seconds)
     except AsdError as exc:
-        raise AsdError(exc.problem, name) from None
+        raise type(exc)(exc.problem, name) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -7,12 +7,15 @@ first of them has waited `max_wait_ms`) and scores it all with one `score_record
 requests arriving together share forward passes and torch never runs two batches at once.
 
 Status codes: 400 bad audio, an empty body or a machine type that cannot be told; 404 a machine
-type or section the bundle has no detector for; 413 a body over `max_bytes`; 500 a scoring or
-logging failure. Every error body is JSON {"detail": "<one line>"}.
+type or section the bundle has no detector for; 413 a body over `max_bytes` or audio longer than
+`max_seconds` (refused from its header, before decoding); 500 a scoring or logging failure (the
+worker goes on; the log's own error is printed on the server's stderr, never sent). Every error
+body is JSON {"detail": "<one line>"}.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request, imported in make_app)
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
 FILE_FIELD = "file"
+LOGGER = logging.getLogger("asdtool.serve")
 
 
 class ServeError(Exception):
@@ -114,9 +118,9 @@ class Batcher:
         self._queue.put(job)
         return job.future
 
-    def _collect(self, first: Job) -> tuple[list[Job], bool]:
-        """Return the jobs to score with `first` (those queued until the batch is full or the wait is over) and whether to stop."""
-        jobs, windows = [first], first.windows
+    def _collect(self, jobs: list[Job]) -> bool:
+        """Add to `jobs` those queued until the batch is full or the wait is over; return whether to stop after them."""
+        windows = sum(j.windows for j in jobs)
         deadline = time.monotonic() + self.max_wait
         while windows < self.batch_size:
             try:
@@ -125,24 +129,29 @@ class Batcher:
             except queue.Empty:
                 break
             if job is None:
-                return jobs, True
+                return True
             jobs.append(job)
             windows += job.windows
-        return jobs, False
+        return False
 
     def _work(self) -> None:
-        """The worker loop: wait for a job, gather the others waiting, score them together, resolve their futures."""
+        """The worker loop: wait for a job, gather the others waiting, score them together, resolve their futures.
+
+        Nothing a batch raises ends the loop: its requests fail with 500 and the next batch is taken.
+        """
         while True:
             first = self._queue.get()
             if first is None:
                 return
-            jobs, stop = self._collect(first)
+            jobs, stop = [first], False
             try:
+                stop = self._collect(jobs)
                 self._score(jobs)
             except Exception as exc:  # never leave a caller waiting, never let the worker die
+                LOGGER.error("asdtool serve: a batch of %d request(s) failed: %s: %s", len(jobs), exc.__class__.__name__, exc)
                 for job in jobs:
                     if not job.future.done():
-                        job.future.set_exception(ServeError(500, f"scoring failed: {exc.__class__.__name__}: {exc}"))
+                        job.future.set_exception(ServeError(500, f"scoring failed ({exc.__class__.__name__})"))
             if stop:
                 return
 
@@ -163,8 +172,9 @@ class Batcher:
         if self.log is not None and done:
             try:
                 append_log(self.log, self.bundle, done, when)
-            except (AsdError, OSError) as exc:
-                log_error = ServeError(500, f"scored, but could not append to the log: {exc}")
+            except Exception as exc:  # the server's paths stay on the server: its stderr has the whole line
+                LOGGER.error("asdtool serve: could not append to the score log: %s", exc)
+                log_error = ServeError(500, "scored, but could not append to the score log (the server's output says why)")
         self.scored += len(done)
         for job, result in zip(jobs, results):
             if isinstance(result, RecordingScore):
@@ -175,7 +185,8 @@ class Batcher:
             elif isinstance(result, AsdError):
                 job.future.set_exception(ServeError(400, str(result)))
             else:
-                job.future.set_exception(ServeError(500, f"scoring failed: {result.__class__.__name__}: {result}"))
+                LOGGER.error("asdtool serve: scoring %s failed: %s: %s", job.recording.name, result.__class__.__name__, result)
+                job.future.set_exception(ServeError(500, f"scoring failed ({result.__class__.__name__})"))
 
     def _run(self, items: list[tuple[Recording, np.ndarray]]) -> list[RecordingScore]:
         """Call score_recordings once and count the batch."""
@@ -186,10 +197,17 @@ class Batcher:
 # ----------------------------------------------------------------------------- requests
 
 
-def decode(data: bytes, name: str) -> np.ndarray:
-    """Return the channels [C, T] of uploaded WAV/FLAC bytes, checked as `asdtool score` checks a file (400 when refused)."""
+def decode(data: bytes, name: str, max_seconds: float | None = None) -> np.ndarray:
+    """Return the channels [C, T] of uploaded WAV/FLAC bytes, checked as `asdtool score` checks a file.
+
+    400 when refused; 413 when the header declares more than `max_seconds` of audio (nothing is decoded then).
+    """
+    from asdtool.data.audio import TooLong
+
     try:
-        return read_audio_bytes(data, name)
+        return read_audio_bytes(data, name, max_seconds)
+    except TooLong as exc:
+        raise ServeError(413, str(exc)) from None
     except AsdError as exc:
         raise ServeError(400, str(exc)) from None
 
@@ -271,7 +289,7 @@ async def upload_of(request: "Request", body: bytes) -> tuple[str, bytes]:
         await form.close()
 
 
-def info_of(bundle: Bundle, batcher: Batcher) -> dict:
+def info_of(bundle: Bundle, batcher: Batcher, max_seconds: float | None = None) -> dict:
     """Return what GET /info tells: the bundle's kind, members, clip length, machine types with thresholds, versions, hash."""
     meta = bundle.meta
     return {
@@ -288,12 +306,14 @@ def info_of(bundle: Bundle, batcher: Batcher) -> dict:
         "aggregate": batcher.aggregate,
         "batch_size": batcher.batch_size,
         "max_wait_ms": batcher.max_wait * 1000.0,
+        "max_seconds": max_seconds,
         "logging": batcher.log is not None,
     }
 
 
 def make_app(bundle: Bundle, *, max_bytes: int = 50_000_000, batch_size: int = 16, max_wait_ms: float = 5.0,
-             hop: float | None = None, aggregate: str = "max", log: Path | None = None) -> Any:  # fmt: skip
+             hop: float | None = None, aggregate: str = "max", log: Path | None = None,
+             max_seconds: float | None = 300.0) -> Any:  # fmt: skip
     """Return the FastAPI app serving `bundle` (loaded once by the caller); `app.state.batcher` is its worker."""
     from contextlib import asynccontextmanager
 
@@ -332,7 +352,7 @@ def make_app(bundle: Bundle, *, max_bytes: int = 50_000_000, batch_size: int = 1
     @app.get("/info")
     async def info() -> dict:
         """The bundle served and the scoring settings."""
-        return info_of(bundle, batcher)
+        return info_of(bundle, batcher, max_seconds)
 
     @app.post("/score")
     async def score(request: Request, machine: str | None = None, section: str | None = None) -> dict:
@@ -347,7 +367,7 @@ def make_app(bundle: Bundle, *, max_bytes: int = 50_000_000, batch_size: int = 1
         else:
             name, data = STDIN, body
         rec = recording_for(bundle, name, machine, section)
-        channels = await run_in_threadpool(decode, data, name)
+        channels = await run_in_threadpool(decode, data, name, max_seconds)
         result: RecordingScore = await asyncio.wrap_future(batcher.submit(rec, channels))
         windows = [{"start": s, "score": v} for s, v in zip(result.window_starts, result.window_scores)]
         return {**result.row(), "windows": windows}

@@ -7,6 +7,7 @@ oversubscribing them. Set before torch is first imported.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -39,6 +40,20 @@ def write_wave(path: Path, seconds: float = 0.25, sr: int = 16000, channels: int
     data = (0.1 * rng.standard_normal((n, channels) if channels > 1 else n)).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), data, sr, subtype="PCM_16")
+    return path
+
+
+def flac_bomb(path: Path, seconds: float = 1200.0, declared: int | None = None) -> Path:
+    """Write a FLAC of `seconds` of silence (20 minutes pack into ~59 kB); `declared` patches the header's total samples."""
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(int(seconds * 16000), np.float32), 16000, format="FLAC", subtype="PCM_16")
+    data = bytearray(buf.getvalue())
+    if declared is not None:  # STREAMINFO's 36-bit total samples: the low 4 bits of its byte 13, then bytes 14-17
+        body = 8  # after "fLaC" and the metadata block header
+        data[body + 13] = (data[body + 13] & 0xF0) | ((declared >> 32) & 0xF)
+        data[body + 14 : body + 18] = (declared & 0xFFFFFFFF).to_bytes(4, "big")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
     return path
 
 

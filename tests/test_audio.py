@@ -7,7 +7,7 @@ import soundfile as sf
 from asdtool.data.audio import check_audio, fit_length, read_channels, read_clip, read_clips, wav_data_extent
 from asdtool.errors import AsdError
 
-from .conftest import write_wave
+from .conftest import flac_bomb, write_wave
 
 
 def test_read_pads_and_cuts(tmp_path):
@@ -192,3 +192,40 @@ def test_nan_audio_is_refused(tmp_path):
     sf.write(str(p), np.array([0.0, np.nan, 0.1], np.float32), 16000, subtype="FLOAT")
     with pytest.raises(AsdError, match="holds non-finite samples"):
         read_clip(p)
+
+
+def test_a_recording_over_max_seconds_is_refused_from_its_header(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from asdtool.data.audio import TooLong
+
+    bomb = flac_bomb(tmp_path / "bomb.flac")  # 20 minutes of silence in ~59 kB
+    assert bomb.stat().st_size < 70_000
+    decoded = []
+    real_read = sf.read
+    monkeypatch.setattr(sf, "read", lambda *a, **k: decoded.append(a) or real_read(*a, **k))
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLong) as e:
+            read_channels(bomb, seconds=None, max_seconds=300)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(e.value) == f"{bomb}: is 1200 s of audio, over the limit of 300 s (--max-seconds)"
+    assert decoded == [] and peak < 5_000_000  # refused from the header: nothing decoded
+    with pytest.raises(TooLong, match="is 1200 s of audio, over the limit of 300 s"):
+        check_audio(bomb, max_seconds=300)
+    assert read_channels(bomb, seconds=None, max_seconds=1200).shape == (1, 1200 * 16000)  # at the limit: read
+    short = write_wave(tmp_path / "short.wav", seconds=2.5)
+    with pytest.raises(TooLong, match=r"short\.wav: is 2\.5 s of audio, over the limit of 2 s"):
+        read_channels(short, seconds=None, max_seconds=2)
+
+
+def test_a_header_that_hides_the_length_or_lies_low_costs_only_what_it_declares(tmp_path):
+    unknown = flac_bomb(tmp_path / "unknown.flac", declared=0)  # a streamed FLAC: no total samples
+    for limit in (None, 300):
+        with pytest.raises(AsdError) as e:
+            read_channels(unknown, seconds=None, max_seconds=limit)
+        assert str(e.value) == f"{unknown}: its header does not state how long it is (a streamed FLAC?); re-encode it to a file"
+    low = flac_bomb(tmp_path / "low.flac", declared=16000)  # declares 1 s, holds 20 minutes
+    assert read_channels(low, seconds=None, max_seconds=300).shape == (1, 16000)

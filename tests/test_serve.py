@@ -26,7 +26,7 @@ from asdtool.errors import AsdError
 from asdtool.serve import ServeError, make_app
 from asdtool.train import finetune
 
-from .conftest import run_asdtool
+from .conftest import flac_bomb, run_asdtool
 
 MACHINES = ["fan", "valve"]
 
@@ -246,3 +246,124 @@ def test_the_serve_command_help_and_refusals(served, tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
     r = _asdtool("serve", served["path"], "--log", other, "--port", port, "--threads", "1")
     assert r.returncode == 1 and r.stderr.strip() == f"error: {other}: logs the scores of another bundle; give another --log folder"
+
+
+def test_a_flac_bomb_is_refused_from_its_header_fast_and_small(served, tmp_path):
+    import time
+    import tracemalloc
+
+    bundle = served["bundle"]
+    bomb = flac_bomb(tmp_path / "bomb.flac").read_bytes()  # 58 kB that decode to 20 minutes
+    assert len(bomb) < 300_000
+    with TestClient(make_app(bundle, max_bytes=300_000)) as client:
+        tracemalloc.start()
+        try:
+            t0 = time.perf_counter()
+            r = _upload(client, "fan/bomb.flac", bomb)
+            took = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert r.status_code == 413, r.text
+        assert r.json()["detail"] == "fan/bomb.flac: is 1200 s of audio, over the limit of 300 s (--max-seconds)"
+        assert took < 1.0 and peak < 50_000_000, (took, peak)  # the 20 minutes would be 77 MB of float32
+        assert client.get("/info").json()["max_seconds"] == 300
+        assert client.get("/health").status_code == 200 and app_scored(client) == 0
+    with TestClient(make_app(bundle, max_seconds=2.0)) as client:
+        r = client.post("/score", params={"machine": "fan"}, content=_wav_bytes(seconds=2.5))
+        assert r.status_code == 413 and r.json()["detail"] == "-: is 2.5 s of audio, over the limit of 2 s (--max-seconds)"
+
+
+def app_scored(client: TestClient) -> int:
+    """The recordings the service has scored so far."""
+    return client.get("/health").json()["scored"]
+
+
+def test_score_refuses_a_recording_over_max_seconds_in_one_line(served, tmp_path):
+    bomb = flac_bomb(tmp_path / "fan" / "bomb.flac")
+    r = _asdtool("score", served["path"], bomb, "--section", "00", "--threads", "1")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == f"error: {bomb}: is 1200 s of audio, over the limit of 300 s (--max-seconds)"
+    r = _asdtool("score", served["path"], "-", "--machine", "fan", "--section", "00", "--max-seconds", "1",
+                 "--threads", "1", stdin=_wav_bytes(seconds=1.5), text=False)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.decode().strip() == "error: -: is 1.5 s of audio, over the limit of 1 s (--max-seconds)"
+
+
+def test_the_worker_survives_any_failure_and_fails_only_that_batch(served, monkeypatch):
+    bundle, clip = served["bundle"], served["clips"][0]
+    app = make_app(bundle, max_wait_ms=0)
+    batcher = app.state.batcher
+    rec = recording_of(bundle, clip, clip.name, None, None)
+    channels = read_channels(clip, None)
+    expected = _expected(bundle, clip).score
+    real_collect, real_score = batcher._collect, batcher._score
+    # an error while gathering the batch (as an infinite wait once overflowed), then one while scoring
+    for name, real in (("_collect", real_collect), ("_score", real_score)):
+        monkeypatch.setattr(batcher, name, lambda *a, **k: (_ for _ in ()).throw(OverflowError("timeout value is too large")))
+        error = batcher.submit(rec, channels).exception(timeout=60)
+        assert isinstance(error, ServeError) and error.status == 500 and error.detail == "scoring failed (OverflowError)"
+        assert batcher.alive and batcher.healthy
+        monkeypatch.setattr(batcher, name, real)
+        assert abs(batcher.submit(rec, channels).result(timeout=60).score - expected) < 1e-6
+    batcher.stop()
+    assert not batcher.alive
+
+
+def test_a_logging_failure_answers_500_without_the_servers_paths(served, tmp_path, monkeypatch, caplog):
+    import asdtool.serve as serve_module
+
+    bundle, clip = served["bundle"], served["clips"][0]
+    secret = tmp_path / "srv" / "private" / "log"
+
+    def failing(*_a, **_k):
+        raise AsdError("cannot append (Permission denied)", secret / LOG_SCORES)
+
+    monkeypatch.setattr(serve_module, "append_log", failing)
+    with TestClient(make_app(bundle, max_wait_ms=0, log=tmp_path / "log")) as client:
+        r = _upload(client, f"fan/test/{clip.name}", clip.read_bytes())
+        assert r.status_code == 500
+        assert r.json()["detail"] == "scored, but could not append to the score log (the server's output says why)"
+        assert str(tmp_path) not in r.text
+        monkeypatch.undo()
+        assert _upload(client, f"fan/test/{clip.name}", clip.read_bytes()).status_code == 200  # the worker went on
+    assert any(str(secret) in rec.getMessage() for rec in caplog.records)  # the server's stderr says why
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_serve_stops_on_sigterm_and_sigint(served, signame):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "asdtool", "serve", str(served["path"]), "--port", str(port),
+                             "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300  # the start-up on a loaded machine; the test is what happens after
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()
+        clip = served["clips"][0]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/score?machine=fan&section=00", data=clip.read_bytes(),
+                                     method="POST")  # fmt: skip
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 200
+        proc.send_signal(getattr(signal, signame))
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (0, 130, -getattr(signal, signame)), proc.stderr.read()

@@ -69,14 +69,14 @@ def run(cfg: ScoreConfig) -> None:
             data = sys.stdin.buffer.read()
             if not data:
                 raise AsdError("no audio bytes on stdin", STDIN)
-            stdin_channels = read_audio_bytes(data, STDIN)
+            stdin_channels = read_audio_bytes(data, STDIN, cfg.max_seconds)
             recordings.append(recording_of(bundle, Path(STDIN), STDIN, cfg.machine, cfg.section))
         else:
             recordings.append(recording_of(bundle, Path(item), str(item), cfg.machine, cfg.section))
     for rec in recordings:  # every header checked before any scoring (stdin's bytes were read and checked above)
         if rec.name != STDIN:
             try:
-                check_audio(rec.path)
+                check_audio(rec.path, max_seconds=cfg.max_seconds)
             except AsdError as exc:
                 raise AsdError(exc.problem, rec.name) from None
     bar = Progress(TextColumn("[bold]score"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -88,7 +88,7 @@ def run(cfg: ScoreConfig) -> None:
                 yield rec, stdin_channels
                 continue
             try:
-                yield rec, read_channels(rec.path, seconds=None)
+                yield rec, read_channels(rec.path, seconds=None, max_seconds=cfg.max_seconds)
             except AsdError as exc:
                 raise AsdError(exc.problem, rec.name) from None
 

@@ -10,6 +10,8 @@ from rich.table import Table
 from asdtool.config import ServeConfig
 from asdtool.errors import AsdError
 
+SHUTDOWN_SECONDS = 10  # how long a stopping service waits for the requests still open
+
 
 def check_address(host: str, port: int) -> None:
     """Refuse an address this process cannot listen on (in use, not an address of this machine) before loading anything."""
@@ -47,7 +49,7 @@ def run(cfg: ServeConfig) -> None:
     if cfg.log is not None:
         check_log(cfg.log, bundle)
     app = make_app(bundle, max_bytes=cfg.max_bytes, batch_size=cfg.batch_size, max_wait_ms=cfg.max_wait_ms,
-                   hop=cfg.hop, aggregate=cfg.aggregate, log=cfg.log)  # fmt: skip
+                   hop=cfg.hop, aggregate=cfg.aggregate, log=cfg.log, max_seconds=cfg.max_seconds)  # fmt: skip
     url = url_of(cfg.host, cfg.port)
     table = Table(title=f"serve: {cfg.bundle.name} ({bundle.meta['kind']}, {bundle.seconds:g} s windows) at {url}",
                   title_justify="left")  # fmt: skip
@@ -59,4 +61,5 @@ def run(cfg: ServeConfig) -> None:
                      f"{cfg.aggregate} over windows, batches of {cfg.batch_size}, device {bundle.device}"
                      + (f"; logging to {cfg.log}" if cfg.log is not None else "") + "; Ctrl+C stops")  # fmt: skip
     Console().print(table)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    # SIGINT/SIGTERM: uvicorn stops accepting, gives open requests SHUTDOWN_SECONDS, then the worker ends
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_SECONDS)

@@ -24,6 +24,8 @@ CHANNELS = ("left", "right", "mean", "both")
 
 # WAVE format tags whose block (fmt's block align) holds exactly one frame: PCM, IEEE float,
 # A-law, mu-law and WAVE_FORMAT_EXTENSIBLE (whose sub-formats soundfile reads are all of that kind).
+# libsndfile's frame count of a stream whose header leaves the length open (FLAC total samples 0)
+UNKNOWN_LENGTH = 2**62
 _ONE_FRAME_PER_BLOCK = {0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE}
 
 
@@ -81,11 +83,12 @@ def _check_wav_length(path: Path) -> None:
     raise AsdError(f"truncated audio: the header declares {amount}", path)
 
 
-def check_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> sf._SoundFileInfo:
+def check_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> sf._SoundFileInfo:
     """Return the header of a clip after checking it is readable, complete, mono or stereo, non-empty and at `sample_rate`.
 
     Complete: a RIFF/WAVE file must hold all the audio data its header declares (libsndfile would
-    quietly read what is there).
+    quietly read what is there). With `max_seconds`, a header declaring more audio than that is
+    refused here, before anything is decoded.
     """
     path = Path(path)
     try:
@@ -100,7 +103,26 @@ def check_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> sf._SoundFi
         raise AsdError(f"has {info.channels} channels, expected mono or stereo (near left, far right)", path)
     if info.frames == 0:
         raise AsdError("holds no audio samples", path)
+    if info.frames >= UNKNOWN_LENGTH:
+        raise AsdError("its header does not state how long it is (a streamed FLAC?); re-encode it to a file", path)
+    if max_seconds is not None and info.frames > max_frames(max_seconds, sample_rate):
+        raise TooLong(too_long(info.frames / sample_rate, max_seconds), path)
     return info
+
+
+class TooLong(AsdError):
+    """A recording longer than the --max-seconds limit (the service answers it with 413)."""
+
+
+def max_frames(max_seconds: float, sample_rate: int = SAMPLE_RATE) -> int:
+    """Return the most frames a recording of at most `max_seconds` holds."""
+    return int(max_seconds * sample_rate)
+
+
+def too_long(seconds: float, max_seconds: float) -> str:
+    """Return the one-line problem of a recording longer than the limit."""
+    shown = f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.3g}"
+    return f"is {shown} s of audio, over the limit of {max_seconds:g} s (--max-seconds)"
 
 
 def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
@@ -111,16 +133,18 @@ def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
     return np.concatenate([wave, pad], axis=-1)
 
 
-def read_channels(path: str | Path, seconds: float | None = 10.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def read_channels(path: str | Path, seconds: float | None = 10.0, sample_rate: int = SAMPLE_RATE,
+                  max_seconds: float | None = None) -> np.ndarray:  # fmt: skip
     """Return a clip's channels as float32 [C, T] in [-1, 1] (C = 1 or 2), padded or cut to `seconds` (None keeps its length).
 
-    Refused: what `check_audio` refuses, and a clip that decodes to another number of frames than
-    its header declares.
+    Refused: what `check_audio` refuses (with `max_seconds`, a header declaring more than that),
+    and a clip that decodes to another number of frames than its header declares. Decoding stops
+    one frame after the declared length, so a header that lies low costs no more than it declares.
     """
     path = Path(path)
-    info = check_audio(path, sample_rate)
+    info = check_audio(path, sample_rate, max_seconds)
     try:
-        wave, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        wave, _ = sf.read(str(path), frames=info.frames + 1, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AsdError(f"cannot decode audio ({exc.__class__.__name__})", path) from None
     if wave.size == 0:
