@@ -140,8 +140,10 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
         )
 
     def save(step: int, complete: bool) -> None:
-        save_checkpoint(out, model, cfg, tset.class_map, optimizer, scheduler, step, complete, pretrained)
+        # the log first: a run stopped between the two keeps a log reaching past its checkpoint, and a
+        # resume takes the log's rows up to the checkpoint's step (the other order would lose rows)
         write_train_log(out / TRAIN_LOG, log_rows, ["step", "loss", "accuracy", "lr"])
+        save_checkpoint(out, model, cfg, tset.class_map, optimizer, scheduler, step, complete, pretrained)
 
     examples = ClipDataset(tset.clips, tset.targets, cfg.seconds, cfg.channel)
     sampler = StepBatches(len(examples), cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.seed, start, d.rank, d.world)

@@ -159,6 +159,32 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(data, tmp_path)
         fit(cfg, data, tmp_path / "cut", resume=True)
 
 
+def test_a_run_stopped_between_its_two_writes_resumes_with_every_log_row(data, tmp_path, monkeypatch):
+    import asdtool.train as train_module
+
+    cfg = tiny(backbone="beats", steps=4, checkpoint_every=1, lora_rank=4, batch_size=2, log_every=1)
+    fit(cfg, data, tmp_path / "whole")
+    writes = []
+
+    def stopping(real):
+        def write(*a, **k):
+            real(*a, **k)
+            writes.append(real.__name__)
+            if len(writes) == 3:  # step 1's two files, then the first of step 2's: stopped in between
+                raise _Stop
+
+        return write
+
+    for name in ("write_train_log", "save_checkpoint"):
+        monkeypatch.setattr(train_module, name, stopping(getattr(train_module, name)))
+    with pytest.raises(_Stop):
+        fit(cfg, data, tmp_path / "cut")
+    monkeypatch.undo()
+    fit(cfg, data, tmp_path / "cut", resume=True)
+    assert (tmp_path / "whole" / "train_log.csv").read_text() == (tmp_path / "cut" / "train_log.csv").read_text()
+    assert (tmp_path / "cut" / "train_log.csv").read_text().count("\n") == 1 + 4
+
+
 def test_resume_refuses_changed_options(data, tmp_path):
     with pytest.raises(_Stop):
         fit(tiny(steps=4, checkpoint_every=1), data, tmp_path / "m", on_step=_stop_at(2))

@@ -192,8 +192,8 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
             "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "mask_generators": generators, "rng": rng_state(),
         }  # fmt: skip
+        write_train_log(out / TRAIN_LOG, log_rows, _log_fields(log_rows))  # first: a resume takes its rows up to `step`
         save_torch(payload, out / RESUME)
-        write_train_log(out / TRAIN_LOG, log_rows, _log_fields(log_rows))
 
     sampler = CropBatches(len(corpus.files), cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.seed, start, d.rank, d.world)
     loader = torch.utils.data.DataLoader(
