@@ -806,27 +806,39 @@ def check_log(folder: str | Path, bundle: Bundle) -> Path:
 
     folder = Path(folder)
     outputs.check_folder(folder, _log_kind())
-    ref = folder / LOG_BUNDLE
-    if ref.exists():
-        try:
-            sha = json.loads(ref.read_text(encoding="utf-8"))["content_sha256"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            raise AsdError("is not a score log's bundle.json", ref) from None
-        if sha != bundle.meta["content_sha256"]:
-            raise AsdError("logs the scores of another bundle; give another --log folder", folder)
+    _check_log_reference(folder, bundle)
     scores = folder / LOG_SCORES
     if scores.exists():
         with open(scores, encoding="utf-8") as f:
-            if f.readline().rstrip("\r\n") != ",".join(LOG_HEADER):
+            first = f.readline()  # empty: a writer created it and writes the header under its lock
+            if first and first.rstrip("\r\n") != ",".join(LOG_HEADER):
                 raise AsdError(f"is not a score log (its header is not {','.join(LOG_HEADER)})", scores)
     return folder
+
+
+def _check_log_reference(folder: Path, bundle: Bundle) -> bool:
+    """Refuse a log folder whose bundle.json records another bundle; return whether there is one."""
+    from asdtool import safeparse
+
+    ref = folder / LOG_BUNDLE
+    if not ref.exists():
+        return False
+    doc = safeparse.read_json(ref, what="score log record")
+    if not isinstance(doc, dict) or not isinstance(doc.get("content_sha256"), str):
+        raise AsdError("is not a score log's bundle.json", ref)
+    if doc["content_sha256"] != bundle.meta["content_sha256"]:
+        raise AsdError("logs the scores of another bundle; give another --log folder", folder)
+    return True
 
 
 def append_log(folder: str | Path, bundle: Bundle, results: Sequence[RecordingScore], when: str) -> int:
     """Append one row per window of `results` (scored at `when`, ISO 8601 UTC) to the log; return the rows written.
 
-    The bundle's reference is written once (atomically); rows are appended in one write, so
-    concurrent writers (score commands, the service) never interleave inside a row.
+    Under an exclusive lock of scores.csv the folder's bundle.json is checked, or written (atomically)
+    when there is none yet, and the rows are appended in one write: concurrent writers (score
+    commands, the service) never interleave inside a row, and two writers of different bundles
+    starting the same fresh folder cannot both log there. Text cells (file, machine, section) are
+    made safe for spreadsheets (`asdtool.outputs.spreadsheet_text`).
     """
     import csv
     import fcntl
@@ -834,23 +846,24 @@ def append_log(folder: str | Path, bundle: Bundle, results: Sequence[RecordingSc
     import os
 
     from asdtool.atomic import write_json
+    from asdtool.outputs import spreadsheet_text
 
     folder = check_log(folder, bundle)
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / LOG_BUNDLE).exists():
-        write_json(folder / LOG_BUNDLE, log_reference(bundle))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     rows = 0
     for r in results:
+        text = [spreadsheet_text(str(v)) for v in (r.name, r.machine, r.section)]
         for i, (start, score) in enumerate(zip(r.window_starts, r.window_scores)):
-            writer.writerow([when, r.name, r.machine, r.section, i, f"{start:g}", repr(score), repr(r.threshold),
-                             int(score > r.threshold)])  # fmt: skip
+            writer.writerow([when, *text, i, f"{start:g}", repr(score), repr(r.threshold), int(score > r.threshold)])
             rows += 1
     path = folder / LOG_SCORES
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time: the header exactly once, whole rows
+        fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time: bundle.json checked or created, the header once, whole rows
+        if not _check_log_reference(folder, bundle):
+            write_json(folder / LOG_BUNDLE, log_reference(bundle))
         if os.fstat(fd).st_size == 0:
             os.write(fd, (",".join(LOG_HEADER) + "\n").encode())
         os.write(fd, buf.getvalue().encode("utf-8"))

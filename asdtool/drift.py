@@ -22,7 +22,6 @@ Nothing here imports torch: the command reads a CSV and a JSON file.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from asdtool.bundle import LOG_BUNDLE, LOG_HEADER, LOG_SCORES
+from asdtool import safeparse
 from asdtool.errors import AsdError
+from asdtool.outputs import from_spreadsheet_text
 
 QUANTILES = (0.5, 0.9, 0.99)
 SIGNIFICANCE = 0.01  # binomial p-value below which a section is drifting
@@ -92,12 +93,7 @@ def _read_reference(path: Path) -> tuple[dict, dict[tuple[str, str], SectionLog]
     """Return bundle.json and an empty SectionLog per section of it (machine types case-insensitively sorted)."""
     if not path.is_file():
         raise AsdError("is missing: not a score log folder (asdtool score --log writes it)", path)
-    try:
-        ref = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AsdError(f"cannot be read ({getattr(exc, 'strerror', None) or exc.__class__.__name__})", path) from None
-    except json.JSONDecodeError as exc:
-        raise AsdError(f"is not valid JSON (line {exc.lineno}: {exc.msg})", path) from None
+    ref = safeparse.read_json(path, what="score log record")
 
     def invalid(what: str) -> AsdError:
         return AsdError(f"is not a score log's bundle.json ({what})", path)
@@ -171,10 +167,14 @@ def _read_scores(path: Path, sections: dict[tuple[str, str], SectionLog]) -> int
             if not row:
                 continue
             line = reader.line_num
-            key, when, score, decision = _parse_row(row, line, path, times)
+            key, when, score, threshold, decision = _parse_row(row, line, path, times)
             if key not in columns:
                 raise AsdError(f"line {line}: {key[0]} section {key[1]} is not a section of the bundle in {LOG_BUNDLE}",
                                path)  # fmt: skip
+            if threshold != sections[key].threshold:
+                raise AsdError(f"line {line}: {key[0]} section {key[1]} was scored with the threshold {threshold!r}, "
+                               f"the bundle in {LOG_BUNDLE} has {sections[key].threshold!r}: the log mixes the rows "
+                               "of two bundles", path)  # fmt: skip
             for column, value in zip(columns[key], (when, score, decision, line)):
                 column.append(value)
             rows += 1
@@ -189,8 +189,9 @@ def _read_scores(path: Path, sections: dict[tuple[str, str], SectionLog]) -> int
     return rows
 
 
-def _parse_row(row: list[str], line: int, path: Path, times: dict[str, float]) -> tuple[tuple[str, str], float, float, int]:
-    """Return ((machine, section), POSIX time, score, decision) of one row of scores.csv, or raise naming its line."""
+def _parse_row(row: list[str], line: int, path: Path,
+               times: dict[str, float]) -> tuple[tuple[str, str], float, float, float, int]:  # fmt: skip
+    """Return ((machine, section), POSIX time, score, threshold, decision) of one row of scores.csv, or raise naming its line."""
     if len(row) != len(LOG_HEADER):
         raise AsdError(f"line {line}: {len(row)} fields instead of {len(LOG_HEADER)} ({','.join(LOG_HEADER)})", path)
     when, _file, machine, section, window, start, score, threshold, decision = row
@@ -210,7 +211,11 @@ def _parse_row(row: list[str], line: int, path: Path, times: dict[str, float]) -
         raise AsdError(f"line {line}: score {score} is not finite", path)
     if decision not in ("0", "1"):
         raise AsdError(f"line {line}: decision {decision!r} is not 0 or 1", path)
-    return (machine, section), times[when], value, int(decision)
+    limit = float(threshold)
+    if int(decision) != int(value > limit):
+        raise AsdError(f"line {line}: decision {decision} does not follow from score {score} and threshold {threshold}", path)
+    key = (from_spreadsheet_text(machine), from_spreadsheet_text(section))
+    return key, times[when], value, limit, int(decision)
 
 
 # ----------------------------------------------------------------------------- the report

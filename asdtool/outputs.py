@@ -311,3 +311,26 @@ def _score_results_json(path: Path) -> bool:
 
 SCORE_RESULTS_JSON = Kind("a score table", _score_results_json)
 MODEL_FOLDER_ENTRY = any_of(TORCH_CHECKPOINT, TRAIN_LOG, RUN_SUMMARY)  # finetune and pretrain --out
+
+
+# ----------------------------------------------------------------------------- text for spreadsheets
+
+# A CSV cell starting with one of these is a formula to a spreadsheet program: file names and other
+# text we write into CSV files meant for spreadsheets get a leading apostrophe (which such programs
+# take as "text"), and readers of those files take it off again.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """Return `text` safe in a CSV cell a spreadsheet opens: an apostrophe before a formula's first character.
+
+    Text that already starts with apostrophes before such a character gets one more, so that
+    `from_spreadsheet_text` gives back exactly what was written. A lone "-" (standard input's name)
+    is no formula and stays as it is.
+    """
+    return "'" + text if text != "-" and text.lstrip("'").startswith(FORMULA_STARTS) else text
+
+
+def from_spreadsheet_text(text: str) -> str:
+    """Return the text `spreadsheet_text` was given."""
+    return text[1:] if text.startswith("'") and text.lstrip("'").startswith(FORMULA_STARTS) and text != "'-" else text

@@ -224,7 +224,7 @@ ROW = "2026-12-02T04:10:00Z,a.wav,fan,00,0,0,0.1,0.25,0"
     ("missing folder", None, "does not exist"),
     ("folder is a file", None, "is not a folder"),
     ("no bundle.json", LOG_BUNDLE, "is missing"),
-    ("bundle.json not JSON", LOG_BUNDLE, "is not valid JSON (line 1"),
+    ("bundle.json not JSON", LOG_BUNDLE, "is not valid JSON (Expecting property name"),
     ("bundle.json without train_scores", LOG_BUNDLE, "no train_scores"),
     ("bundle.json section without train scores", LOG_BUNDLE, "no training scores of fan section 00"),
     ("no scores.csv", LOG_SCORES, "is missing"),
@@ -335,3 +335,96 @@ def test_drift_help_imports_no_torch(tmp_path):
     r = _asdtool("--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "torch" not in " ".join(_imported(r.stderr))
+
+
+# ----------------------------------------------------------------------------- logs that cannot mix
+
+
+def _two_bundles() -> tuple[Bundle, Bundle]:
+    """Two bundles of the same sections with other thresholds and other content hashes."""
+    a = make_bundle({("fan", "00"): [0.1, 0.2, 0.3]}, {("fan", "00"): 0.25})
+    b = make_bundle({("fan", "00"): [0.1, 0.2, 0.3]}, {("fan", "00"): 0.5})
+    b.meta["content_sha256"] = "1" * 64
+    return a, b
+
+
+@pytest.mark.parametrize("rows_of, record_of, line", [("b", "a", 3), ("a", "b", 2)])
+def test_a_log_mixing_two_bundles_is_refused_in_one_line(tmp_path, rows_of, record_of, line):
+    bundles = dict(zip("ab", _two_bundles()))
+    folder = tmp_path / "log"
+    log_scores(folder, bundles[record_of], T0, "fan", "00", [0.1])  # the folder's record and one row
+    scores = folder / LOG_SCORES
+    other = tmp_path / "other"
+    log_scores(other, bundles[rows_of], T0, "fan", "00", [0.3, 0.4])
+    rows = (other / LOG_SCORES).read_text().splitlines()[1:]
+    if rows_of == "a":  # the record of b with a's rows only
+        scores.write_text("\n".join([",".join(LOG_HEADER), *rows]) + "\n")
+    else:  # a's log with b's rows appended
+        scores.write_text(scores.read_text() + "\n".join(rows) + "\n")
+    thr, ref = bundles[rows_of].thresholds[("fan", "00")], bundles[record_of].thresholds[("fan", "00")]
+    with pytest.raises(AsdError) as info:
+        read_log(folder)
+    assert str(info.value) == (f"{scores}: line {line}: fan section 00 was scored with the threshold {thr!r}, the bundle "
+                               f"in bundle.json has {ref!r}: the log mixes the rows of two bundles")  # fmt: skip
+
+
+def test_a_decision_that_does_not_follow_from_its_score_is_refused(tmp_path):
+    bundle, _ = _two_bundles()
+    folder = tmp_path / "log"
+    log_scores(folder, bundle, T0, "fan", "00", [0.1, 0.3])
+    scores = folder / LOG_SCORES
+    scores.write_text(scores.read_text().replace(",0.3,0.25,1", ",0.3,0.25,0"))
+    with pytest.raises(AsdError) as info:
+        read_log(folder)
+    assert str(info.value) == f"{scores}: line 3: decision 0 does not follow from score 0.3 and threshold 0.25"
+
+
+def test_text_cells_are_safe_in_a_spreadsheet_and_read_back(tmp_path):
+    from asdtool.outputs import from_spreadsheet_text, spreadsheet_text
+
+    texts = ["=HYPERLINK(\"x\")", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "'=x", "''+x", "'plain", "plain", "", "a=b",
+             "'-", "--x"]  # fmt: skip
+    for text in texts:
+        safe = spreadsheet_text(text)
+        assert not safe.startswith(("=", "+", "-", "@", "\t", "\r")) and from_spreadsheet_text(safe) == text
+    assert spreadsheet_text("-") == "-" == from_spreadsheet_text("-")  # standard input's name is no formula
+    assert spreadsheet_text("=1+1") == "'=1+1" and spreadsheet_text("a=b") == "a=b" and spreadsheet_text("'=x") == "''=x"
+    bundle = make_bundle({("=fan", "00"): [0.1, 0.2, 0.3]}, {("=fan", "00"): 0.25})
+    folder = tmp_path / "log"
+    append_log(folder, bundle, [RecordingScore("=cmd|' /C calc'!A0.wav", "=fan", "00", [0.0], [0.3], 0.3, 0.25)], T0)
+    row = (folder / LOG_SCORES).read_text().splitlines()[1]
+    assert row == f"{T0},'=cmd|' /C calc'!A0.wav,'=fan,00,0,0,0.3,0.25,1"
+    log = read_log(folder)  # the machine type reads back as the bundle's
+    assert list(log.sections) == [("=fan", "00")] and log.sections[("=fan", "00")].scores.tolist() == [0.3]
+
+
+def _append_after(barrier, results, folder: str, which: int) -> None:
+    """In a child process: wait for the other writer, then log one row of bundle `which`; put what happened."""
+    bundle = _two_bundles()[which]
+    barrier.wait()
+    try:
+        append_log(Path(folder), bundle, [RecordingScore("a.wav", "fan", "00", [0.0], [0.3], 0.3,
+                                                         bundle.thresholds[("fan", "00")])], T0)  # fmt: skip
+        results.put((which, "logged"))
+    except AsdError as exc:
+        results.put((which, exc.problem))
+
+
+def test_two_writers_starting_one_fresh_folder_never_mix(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for i in range(20):
+        folder = tmp_path / f"log{i}"
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_append_after, args=(barrier, results, str(folder), w)) for w in (0, 1)]
+        for p in procs:
+            p.start()
+        outcomes = dict(results.get(timeout=120) for _ in procs)
+        for p in procs:
+            p.join()
+        assert sorted(outcomes.values()) == ["logged", "logs the scores of another bundle; give another --log folder"], (
+            i, outcomes)
+        winner = next(w for w, what in outcomes.items() if what == "logged")
+        log = read_log(folder)  # one bundle's record and rows only
+        assert log.reference["content_sha256"] == _two_bundles()[winner].meta["content_sha256"] and log.rows == 1

@@ -318,3 +318,19 @@ def test_an_interrupt_during_the_rename_leaves_no_temporary_file(tmp_path, monke
             tmp.write_bytes(b"")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_score_results_csv_cells_are_safe_in_a_spreadsheet(tmp_path):
+    import csv
+
+    from asdtool.bundle import RecordingScore
+    from asdtool.commands.score import CSV_HEADER, write_results
+
+    out = tmp_path / "res.csv"
+    write_results(out, [RecordingScore("=HYPERLINK(\"http://x\").wav", "fan", "00", [0.0], [0.3], 0.3, 0.25),
+                        RecordingScore("@a.wav", "-fan", "00", [0.0], [0.1], 0.1, 0.25)])  # fmt: skip
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == list(CSV_HEADER)
+    assert rows[1][:3] == ["'=HYPERLINK(\"http://x\").wav", "fan", "00"] and rows[2][:3] == ["'@a.wav", "'-fan", "00"]
+    assert outputs.SCORE_RESULTS_CSV.recognise(out)  # still recognised as our own on the next run

@@ -23,14 +23,16 @@ ANOMALY_EXIT = 2
 def write_results(path: Path, results) -> None:
     """Write the results as CSV (one row per recording) or JSON (with every window), atomically."""
     from asdtool.atomic import atomic_path
+    from asdtool.outputs import spreadsheet_text
 
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".csv":
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f, lineterminator="\n")
                 writer.writerow(CSV_HEADER)
-                for r in results:
-                    writer.writerow([r.name, r.machine, r.section, repr(r.score), repr(r.threshold), r.decision])
+                for r in results:  # text cells made safe for spreadsheets
+                    writer.writerow([*(spreadsheet_text(str(v)) for v in (r.name, r.machine, r.section)),
+                                     repr(r.score), repr(r.threshold), r.decision])  # fmt: skip
         else:
             doc = [{**r.row(), "windows": [{"start": s, "score": v} for s, v in zip(r.window_starts, r.window_scores)]}
                    for r in results]  # fmt: skip
