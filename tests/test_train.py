@@ -200,7 +200,12 @@ def test_crash_while_saving_leaves_no_checkpoint(data, tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.torch, "save", broken_save)
     with pytest.raises(OSError):
         fit(tiny(steps=2), data, tmp_path / "m")
-    assert list((tmp_path / "m").iterdir()) == []
+    # the log goes first (so a resume never loses rows) and is whole; no checkpoint, half or whole, and no temp file
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["train_log.csv"]
+    assert (tmp_path / "m" / "train_log.csv").read_text().splitlines()[0] == "step,loss,accuracy,lr"
+    monkeypatch.undo()
+    fit(tiny(steps=2), data, tmp_path / "m")  # the folder is still the run's own: a fresh start takes it
+    assert (tmp_path / "m" / "checkpoint.pt").is_file()
 
 
 # ----------------------------------------------------------------------------- command line
