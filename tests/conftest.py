@@ -26,8 +26,11 @@ from asdtool.data.dcase import format_name, write_attribute_csv  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+HANG_SECONDS = 3600  # only a hang trips this: a loaded machine may take many minutes, never an hour
+
+
 def run_asdtool(*args, cwd: Path | None = None, stdin: bytes | str | None = None, text: bool = True,
-                timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
+                timeout: float = HANG_SECONDS) -> subprocess.CompletedProcess:  # fmt: skip
     """Run `python -m asdtool ARGS...` in a subprocess, as a user would (warnings silenced)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "asdtool", *map(str, args)], capture_output=True, text=text, env=env,

@@ -23,7 +23,7 @@ from asdtool.features import kaldi_fbank
 from asdtool.metrics import read_score_csv
 from asdtool.vectors import nearest_cosine_distance
 
-from .conftest import make_machine
+from .conftest import HANG_SECONDS, make_machine
 
 FAST = ae.TrainSettings(epochs=60, batch_size=16, lr=1e-3, validation_split=0.1, seed=0)
 
@@ -253,5 +253,5 @@ def test_logmel_methods_never_import_the_autoencoder(tmp_path):
         f"baseline.score_dataset(data.dcase.scan({str(tmp_path / 'dev')!r}), method='logmel-meanstd')\n"
         "print('asdtool.autoencoder' in sys.modules)"
     )
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=HANG_SECONDS)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

@@ -16,6 +16,8 @@ import pytest
 from asdtool.cli import main
 from asdtool.data.synth import SynthSizes, synthesize
 
+from .conftest import HANG_SECONDS
+
 HEAVY = ("torch", "torchaudio", "peft", "umap", "imblearn")
 _PROBE = """
 import json, sys
@@ -26,7 +28,7 @@ sys.exit(code)
 """
 
 
-def asdtool(args: list[str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def asdtool(args: list[str], cwd: Path | None = None, timeout: float = HANG_SECONDS) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-c", _PROBE.format(args=[str(a) for a in args], heavy=HEAVY)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
@@ -137,12 +139,12 @@ def test_interrupted_finetune_says_what_was_kept(data, tmp_path):
     # give the child the default disposition, as a terminal's Ctrl-C would find it
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG_SECONDS
     while not (out / "train_log.csv").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG_SECONDS)
     assert proc.returncode == 130, err
     lines = [x for x in err.splitlines() if x.strip()]
     assert "interrupted; " in lines[-1] and "checkpoint.pt holds step" in lines[-1] and "--resume" in lines[-1], err

@@ -16,6 +16,8 @@ from asdtool.data import corpus, synth
 from asdtool.data.corpus import CSV_COLUMNS, EVENTS, FAMILIES, render_corpus_clip, write_corpus
 from asdtool.errors import AsdError
 
+from .conftest import HANG_SECONDS
+
 SECONDS = 0.5
 COUNT = 300  # enough for every family, sub-kind and event to show up
 
@@ -284,7 +286,7 @@ def test_command_imports_no_torch(tmp_path):
         "sys.exit(code)\n"
     )
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "MODULES []"
     assert len(list((tmp_path / "c").glob("*.wav"))) == 2

@@ -17,6 +17,8 @@ from asdtool.drift import (BIN_WINDOWS, DRIFTING, NO_DATA, QUANTILES, STABLE, dr
                            read_log, report_json, share_bins)  # fmt: skip
 from asdtool.errors import AsdError
 
+from .conftest import HANG_SECONDS
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T0 = "2026-12-02T04:10:00Z"
 
@@ -291,7 +293,7 @@ def test_last_below_one_is_refused(tmp_path):
 def _asdtool(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-X", "importtime", "-m", "asdtool", "drift", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=HANG_SECONDS)  # fmt: skip
 
 
 def _imported(stderr: str) -> list[str]:
@@ -420,7 +422,7 @@ def test_two_writers_starting_one_fresh_folder_never_mix(tmp_path):
         procs = [ctx.Process(target=_append_after, args=(barrier, results, str(folder), w)) for w in (0, 1)]
         for p in procs:
             p.start()
-        outcomes = dict(results.get(timeout=120) for _ in procs)
+        outcomes = dict(results.get(timeout=HANG_SECONDS) for _ in procs)
         for p in procs:
             p.join()
         assert sorted(outcomes.values()) == ["logged", "logs the scores of another bundle; give another --log folder"], (

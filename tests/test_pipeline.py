@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .conftest import HANG_SECONDS
+
 ROOT = Path(__file__).parent.parent
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -24,7 +26,7 @@ DVC = [sys.executable, "-m", "dvc"]
 def _run(args, cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONWARNINGS": "ignore", "DVC_NO_ANALYTICS": "1"}  # fmt: skip
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
     assert r.returncode == 0, f"{' '.join(map(str, args))} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
 

@@ -7,7 +7,6 @@ import io
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from asdtool.errors import AsdError
 from asdtool.serve import ServeError, make_app
 from asdtool.train import finetune
 
-from .conftest import flac_bomb, run_asdtool
+from .conftest import HANG_SECONDS, flac_bomb, run_asdtool
 
 MACHINES = ["fan", "valve"]
 
@@ -168,7 +167,7 @@ def test_a_failing_recording_does_not_fail_the_others_of_its_batch(served):
     good = [(recording_of(bundle, c, c.name, None, None), read_channels(c, None)) for c in clips]
     bad = (Recording("odd.wav", Path("odd.wav"), "fan", "99"), good[0][1])  # a section the bundle has no detector for
     futures = [batcher.submit(*good[0]), batcher.submit(*bad), batcher.submit(*good[1])]
-    results = [f.exception(timeout=60) or f.result() for f in futures]
+    results = [f.exception(timeout=HANG_SECONDS) or f.result() for f in futures]
     assert isinstance(results[1], ServeError) and results[1].status == 400 and "no detector for fan section 99" in results[1].detail
     for (rec, _), result in zip(good, results[::2]):
         assert result.name == rec.name and abs(result.score - _expected(bundle, rec.path).score) < 1e-6
@@ -226,7 +225,7 @@ def test_every_scored_request_is_logged(served, tmp_path):
         make_app(bundle, log=tmp_path / "other")
 
 
-_asdtool = partial(run_asdtool, timeout=300)
+_asdtool = run_asdtool
 
 
 def test_the_serve_command_help_and_refusals(served, tmp_path):
@@ -248,8 +247,7 @@ def test_the_serve_command_help_and_refusals(served, tmp_path):
     assert r.returncode == 1 and r.stderr.strip() == f"error: {other}: logs the scores of another bundle; give another --log folder"
 
 
-def test_a_flac_bomb_is_refused_from_its_header_fast_and_small(served, tmp_path):
-    import time
+def test_a_flac_bomb_is_refused_from_its_header_in_little_memory(served, tmp_path):
     import tracemalloc
 
     bundle = served["bundle"]
@@ -258,15 +256,13 @@ def test_a_flac_bomb_is_refused_from_its_header_fast_and_small(served, tmp_path)
     with TestClient(make_app(bundle, max_bytes=300_000)) as client:
         tracemalloc.start()
         try:
-            t0 = time.perf_counter()
             r = _upload(client, "fan/bomb.flac", bomb)
-            took = time.perf_counter() - t0
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
         assert r.status_code == 413, r.text
         assert r.json()["detail"] == "fan/bomb.flac: is 1200 s of audio, over the limit of 300 s (--max-seconds)"
-        assert took < 1.0 and peak < 50_000_000, (took, peak)  # the 20 minutes would be 77 MB of float32
+        assert peak < 50_000_000, peak  # the 20 minutes would be 77 MB of float32
         assert client.get("/info").json()["max_seconds"] == 300
         assert client.get("/health").status_code == 200 and app_scored(client) == 0
     with TestClient(make_app(bundle, max_seconds=2.0)) as client:
@@ -300,11 +296,11 @@ def test_the_worker_survives_any_failure_and_fails_only_that_batch(served, monke
     # an error while gathering the batch (as an infinite wait once overflowed), then one while scoring
     for name, real in (("_collect", real_collect), ("_score", real_score)):
         monkeypatch.setattr(batcher, name, lambda *a, **k: (_ for _ in ()).throw(OverflowError("timeout value is too large")))
-        error = batcher.submit(rec, channels).exception(timeout=60)
+        error = batcher.submit(rec, channels).exception(timeout=HANG_SECONDS)
         assert isinstance(error, ServeError) and error.status == 500 and error.detail == "scoring failed (OverflowError)"
         assert batcher.alive and batcher.healthy
         monkeypatch.setattr(batcher, name, real)
-        assert abs(batcher.submit(rec, channels).result(timeout=60).score - expected) < 1e-6
+        assert abs(batcher.submit(rec, channels).result(timeout=HANG_SECONDS).score - expected) < 1e-6
     batcher.stop()
     assert not batcher.alive
 
@@ -346,7 +342,7 @@ def test_serve_stops_on_sigterm_and_sigint(served, signame):
                              "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
-        deadline = time.monotonic() + 300  # the start-up on a loaded machine; the test is what happens after
+        deadline = time.monotonic() + HANG_SECONDS  # the start-up on a loaded machine; the test is what happens after
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
@@ -358,10 +354,10 @@ def test_serve_stops_on_sigterm_and_sigint(served, signame):
         clip = served["clips"][0]
         req = urllib.request.Request(f"http://127.0.0.1:{port}/score?machine=fan&section=00", data=clip.read_bytes(),
                                      method="POST")  # fmt: skip
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=HANG_SECONDS) as resp:
             assert resp.status == 200
         proc.send_signal(getattr(signal, signame))
-        proc.wait(timeout=120)
+        proc.wait(timeout=HANG_SECONDS)
     finally:
         if proc.poll() is None:
             proc.kill()

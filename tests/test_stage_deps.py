@@ -15,6 +15,8 @@ import yaml
 
 from asdtool.devtools import stage_deps as sd
 
+from .conftest import HANG_SECONDS
+
 ROOT = Path(__file__).parent.parent
 DVC = [sys.executable, "-m", "dvc"]
 needs_dvc = pytest.mark.skipif(importlib.util.find_spec("dvc") is None, reason="dvc is not installed")
@@ -35,7 +37,7 @@ def _names(paths) -> set[str]:
 def _run(args, cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONWARNINGS": "ignore", "DVC_NO_ANALYTICS": "1"}  # fmt: skip
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
     assert r.returncode == 0, f"{' '.join(map(str, args))} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 

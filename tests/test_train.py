@@ -24,6 +24,8 @@ from asdtool.errors import AsdError
 from asdtool.config import FinetuneConfig, read_section
 from asdtool.train import finetune
 
+from .conftest import HANG_SECONDS
+
 FIXTURES = Path(__file__).parent / "fixtures"
 runner = CliRunner()
 
@@ -282,7 +284,7 @@ def test_two_process_gloo_ddp(data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "asdtool", "finetune", "--data-root", str(data), "--out", str(out), "--steps", "3",
            "--batch-size", "4", "--warmup", "1", "--seconds", "0.5", "--max-lr", "1e-3"]  # fmt: skip
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 3
