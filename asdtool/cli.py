@@ -23,27 +23,28 @@ try:  # typer 0.2x vendors its own click; older releases use click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as _click
 
-from asdtool import __version__, config
-from asdtool.errors import AsdError
+from asdtool import __version__
+from asdtool.config import options, stages
+from asdtool.core.errors import AsdError
 
 # in pipeline order
 STAGES: dict[str, type] = {
-    "synth": config.SynthConfig,
-    "corpus": config.CorpusConfig,
-    "pretrain": config.PretrainConfig,
-    "finetune": config.FinetuneConfig,
-    "pseudolabel": config.PseudolabelConfig,
-    "embed": config.EmbedConfig,
-    "detect": config.DetectConfig,
-    "ensemble": config.EnsembleConfig,
-    "evaluate": config.EvaluateConfig,
-    "submit": config.SubmitConfig,
-    "export": config.ExportConfig,
-    "score": config.ScoreConfig,
-    "serve": config.ServeConfig,
-    "drift": config.DriftConfig,
-    "report": config.ReportConfig,
-    "baseline": config.BaselineConfig,
+    "synth": stages.SynthConfig,
+    "corpus": stages.CorpusConfig,
+    "pretrain": stages.PretrainConfig,
+    "finetune": stages.FinetuneConfig,
+    "pseudolabel": stages.PseudolabelConfig,
+    "embed": stages.EmbedConfig,
+    "detect": stages.DetectConfig,
+    "ensemble": stages.EnsembleConfig,
+    "evaluate": stages.EvaluateConfig,
+    "submit": stages.SubmitConfig,
+    "export": stages.ExportConfig,
+    "score": stages.ScoreConfig,
+    "serve": stages.ServeConfig,
+    "drift": stages.DriftConfig,
+    "report": stages.ReportConfig,
+    "baseline": stages.BaselineConfig,
 }
 
 app = typer.Typer(
@@ -79,20 +80,16 @@ def _main(
     """First-shot unsupervised anomalous sound detection of machines."""
 
 
-def _choice_enum(name: str, choices: tuple[str, ...]) -> type[enum.Enum]:
-    return enum.Enum(name, {c: c for c in choices}, type=str)
-
-
 def _parameter(cls, f) -> inspect.Parameter:
     """Return the Typer parameter of one config field: always optional (None = not given here)."""
-    tp, _ = config.split_optional(config.field_type(cls, f))
+    tp, _ = options.split_optional(options.field_type(cls, f))
     listed = typing.get_origin(tp) is list
     item = typing.get_args(tp)[0] if listed else tp
     if f.metadata.get("choices"):
-        item = _choice_enum(f.name.title().replace("_", ""), f.metadata["choices"])
-    flag = config.flag_name(f)
-    required = f.default is config.REQUIRED and f.default_factory is config.REQUIRED
-    default = f.default_factory() if f.default_factory is not config.REQUIRED else f.default
+        item = f.metadata["choices"]  # a Choice Enum: Typer lists and checks its values
+    flag = options.flag_name(f)
+    required = f.default is options.REQUIRED and f.default_factory is options.REQUIRED
+    default = f.default_factory() if f.default_factory is not options.REQUIRED else f.default
     if required:
         note = " [required: here or in the params section]"
     elif default is None or default == [] or item is bool:
@@ -131,7 +128,7 @@ def _interrupted(module, cfg) -> str:
 
 def make_command(stage: str, cls) -> typing.Callable:
     """Return the Typer command of `stage`: parse options, build the config, run the command module."""
-    section: config.Section = cls.SECTION
+    section: options.Section = cls.SECTION
     params = [
         inspect.Parameter("params", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[Path], typer.Option("--params", dir_okay=False, help=(
@@ -140,14 +137,14 @@ def make_command(stage: str, cls) -> typing.Callable:
     if section.named:
         params.append(inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[str], typer.Option("--name", help=f"Entry of the params file to read: {section.key}.<NAME>.")]))  # fmt: skip
-    params += [_parameter(cls, f) for f in config.fields(cls)]
+    params += [_parameter(cls, f) for f in options.fields(cls)]
 
     def command(**kwargs: Any) -> None:
         params_file, name = kwargs.pop("params"), kwargs.pop("name", None)
         given = {k: _plain(v) for k, v in kwargs.items() if v not in (None, [], ())}  # None: not given here
         module, cfg = None, None
         try:
-            cfg = config.build(cls, params_file, name, given)
+            cfg = options.build(cls, params_file, name, given)
             module = importlib.import_module(f"asdtool.commands.{stage}")
             module.run(cfg)
         except AsdError as exc:

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from asdtool.models import load_backbone
+from asdtool.models.backbones.registry import load_backbone
 
 
 def _sync(device: str) -> None:

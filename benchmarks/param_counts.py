@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from asdtool.models import count_parameters
+from asdtool.models.backbones.registry import count_parameters
 from asdtool.models.classifier import build_classifier
 
 # Table 1 of the paper: (total, trainable) in millions

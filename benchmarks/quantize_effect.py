@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from asdtool import metrics
-from asdtool.bundle import load_bundle, recording_of, score_recordings
+from asdtool.evaluate import metrics
+from asdtool.deploy.bundle import load_bundle, recording_of, score_recordings
 from asdtool.data import dcase
 from asdtool.data.audio import read_channels
 

@@ -2,7 +2,7 @@
 
 A bundle of one random-init classifier (tiny or base BEATs or EAT; speed does not depend on the
 weights) with a memory bank of 1,000 random training embeddings (990 source, 10 target, domain-z)
-scores random recordings of `--seconds` through `asdtool.bundle.score_recordings`: batched across
+scores random recordings of `--seconds` through `asdtool.deploy.bundle.score_recordings`: batched across
 recordings (`--batch-size`), against a batch of one (the same code path), and batched with the
 linear layers quantised to int8 (`export --quantize int8`). Real-time factor = seconds of audio
 scored per second of wall time. Prints numbers, asserts nothing.
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asdtool.bundle import Bundle, Member, Recording, quantize_int8, score_recordings
-from asdtool.detect import fit_section
+from asdtool.deploy.bundle import Bundle, Member, Recording, quantize_int8, score_recordings
+from asdtool.detect.knn import fit_section
 from asdtool.models.classifier import build_classifier
-from asdtool.store import Group
+from asdtool.data.store import Group
 
 
 def make_bundle(backbone: str, size: str, seconds: float, device: str, int8: bool = False) -> Bundle:

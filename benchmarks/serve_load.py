@@ -31,8 +31,8 @@ def main() -> None:
     import torch
     import uvicorn
 
-    from asdtool.bundle import load_bundle
-    from asdtool.serve import make_app
+    from asdtool.deploy.bundle import load_bundle
+    from asdtool.deploy.serve import make_app
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle")

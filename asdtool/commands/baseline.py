@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from asdtool.config import BaselineConfig
+from asdtool.config.stages import BaselineConfig
 
 
 def run(cfg: BaselineConfig) -> None:
@@ -18,12 +18,12 @@ def run(cfg: BaselineConfig) -> None:
     anomaly_score_<machine>_section_NN_train.csv: the log-mel methods score training clips
     leave-one-out, the autoencoder scores them with the model trained on them.
     """
-    from asdtool.baseline import baseline_to_folder
+    from asdtool.detect.baseline import baseline_to_folder
 
     autoencoder = cfg.method == "autoencoder"
     settings = None
     if autoencoder:
-        from asdtool.autoencoder import TrainSettings
+        from asdtool.models.autoencoder import TrainSettings
 
         settings = TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                  validation_split=cfg.validation_split, seed=cfg.seed)  # fmt: skip

@@ -6,13 +6,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from asdtool.config import CorpusConfig
+from asdtool.config.stages import CorpusConfig
 
 
 def run(cfg: CorpusConfig) -> None:
     """Write an unlabeled corpus of machine-like sound (eight families, never a dev clip) and count its families."""
-    from asdtool.atomic import check_writable
-    from asdtool.data.corpus import check_corpus_out, write_corpus
+    from asdtool.core.atomic import check_writable
+    from asdtool.data.synth.corpus import check_corpus_out, write_corpus
 
     # a folder of anything else is refused here, before the bar; --overwrite is checked again by write_corpus
     check_corpus_out(cfg.out, cfg.overwrite)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from asdtool.config import DetectConfig
+from asdtool.config.stages import DetectConfig
 
 
 def run(cfg: DetectConfig) -> None:
     """Score every clip by its cosine distance to the nearest training embedding (source + SMOTE-balanced target)."""
-    from asdtool.detect import SOURCE, TARGET, detect_to_folder
+    from asdtool.detect.knn import SOURCE, TARGET, detect_to_folder
 
     emb, result = detect_to_folder(cfg.embeddings, cfg.out, cfg.k, cfg.smote_ratio, cfg.smote_k, cfg.seed, cfg.data_root,
                                    cfg.normalise, cfg.density_k, cfg.reading)  # fmt: skip

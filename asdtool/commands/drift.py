@@ -6,9 +6,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from asdtool.config import DriftConfig
+from asdtool.config.stages import DriftConfig
 
-VERDICT_STYLE = {"drifting": "bold red", "stable": "green", "no data": "dim"}  # asdtool.drift's DRIFTING, STABLE, NO_DATA
+VERDICT_STYLE = {"drifting": "bold red", "stable": "green", "no data": "dim"}  # asdtool.deploy.drift's DRIFTING, STABLE, NO_DATA
 
 
 def _quantiles(values: tuple[float, ...] | None) -> str:
@@ -21,7 +21,7 @@ def drift_table(report, title: str) -> Table:
     Quantiles are shown as q50 q90 q99, the share above the threshold as training -> recent,
     KS is the two-sample Kolmogorov-Smirnov statistic (its p-value is in the JSON).
     """
-    from asdtool.drift import QUANTILES, quantile_label
+    from asdtool.deploy.drift import QUANTILES, quantile_label
 
     label = " ".join(f"q{quantile_label(q)}" for q in QUANTILES)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
@@ -40,10 +40,10 @@ def drift_table(report, title: str) -> Table:
 
 def run(cfg: DriftConfig) -> None:
     """Compare the latest --last windows of each section with the training scores; print, plot and write JSON."""
-    from asdtool import outputs
-    from asdtool.atomic import write_json
-    from asdtool.bundle import LOG_BUNDLE, LOG_DRIFT_PLOT, LOG_SCORES
-    from asdtool.drift import DRIFTING, SIGNIFICANCE, drift_report, plot_drift, read_log, report_json, time_span
+    from asdtool.core import outputs
+    from asdtool.core.atomic import write_json
+    from asdtool.deploy.bundle import LOG_BUNDLE, LOG_DRIFT_PLOT, LOG_SCORES
+    from asdtool.deploy.drift import DRIFTING, SIGNIFICANCE, drift_report, plot_drift, read_log, report_json, time_span
 
     plot = cfg.plot if cfg.plot is not None else cfg.log / LOG_DRIFT_PLOT
     inputs = [cfg.log / LOG_SCORES, cfg.log / LOG_BUNDLE]

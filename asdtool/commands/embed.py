@@ -6,12 +6,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from asdtool.config import EmbedConfig
+from asdtool.config.stages import EmbedConfig
 
 
 def run(cfg: EmbedConfig) -> None:
     """Embed every train and test clip of every machine type (batched, inference mode)."""
-    from asdtool.embed import embed_to_store
+    from asdtool.detect.embed import embed_to_store
 
     with Progress(
         TextColumn("[bold]embed"), BarColumn(), MofNCompleteColumn(),

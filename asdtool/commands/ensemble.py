@@ -6,12 +6,12 @@ from rich.console import Console
 from rich.table import Table
 
 from asdtool.commands.tables import results_table
-from asdtool.config import EnsembleConfig
+from asdtool.config.stages import EnsembleConfig
 
 
 def run(cfg: EnsembleConfig) -> None:
     """Normalise each model's scores per machine type (zero mean, unit std) and combine them linearly."""
-    from asdtool.ensemble import ensemble_to_folder
+    from asdtool.detect.ensemble import ensemble_to_folder
 
     r = ensemble_to_folder(cfg.scores, cfg.out, cfg.weights, cfg.search, cfg.data_root, cfg.step, cfg.top, cfg.search_out,
                            cfg.reading, force=cfg.force)  # fmt: skip

@@ -7,14 +7,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from asdtool.config import ExportConfig
-from asdtool.errors import AsdError, quote
+from asdtool.config.stages import ExportConfig
+from asdtool.core.errors import AsdError, quote
 
 
 def search_weights(path: Path, stores: list[Path]) -> list[float]:
     """Return the best weights of an `ensemble --search-out` JSON whose models are the stores' model names, in order."""
-    from asdtool.safeparse import read_json
-    from asdtool.store import read_store
+    from asdtool.core.safeparse import read_json
+    from asdtool.data.store import read_store
 
     if not Path(path).exists():
         raise AsdError("search result does not exist", path)
@@ -34,7 +34,7 @@ def search_weights(path: Path, stores: list[Path]) -> list[float]:
 
 def run(cfg: ExportConfig) -> None:
     """Write one detector bundle (.asd): a fine-tuned model, or a system of several with their weights."""
-    from asdtool.bundle import export_bundle
+    from asdtool.deploy.bundle import export_bundle
 
     weights = search_weights(cfg.search, cfg.embeddings) if cfg.search is not None else (cfg.weights or None)
     console = Console(stderr=True)

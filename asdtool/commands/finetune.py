@@ -9,14 +9,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from asdtool.config import FinetuneConfig
+from asdtool.config.stages import FinetuneConfig
 
 
 
 def kept(cfg: FinetuneConfig) -> tuple[str, int]:
     """Return the file an interrupted run keeps and the step it holds (0: none yet), read from disk."""
-    from asdtool.checkpoint import read_checkpoint
-    from asdtool.errors import AsdError
+    from asdtool.models.checkpoint import read_checkpoint
+    from asdtool.core.errors import AsdError
 
     try:
         return f"{cfg.out}/checkpoint.pt", int(read_checkpoint(cfg.out)["step"])
@@ -29,7 +29,7 @@ def run(cfg: FinetuneConfig) -> None:
 
     Works under `torchrun --nproc-per-node N -m asdtool finetune ...` with DistributedDataParallel.
     """
-    from asdtool.train import finetune
+    from asdtool.train.finetune import finetune
 
     main = int(os.environ.get("RANK", "0")) == 0
     console = Console(stderr=True)

@@ -9,14 +9,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from asdtool.config import PretrainConfig
+from asdtool.config.stages import PretrainConfig
 
 UNFINISHED = 3  # exit code of a run stopped by --max-minutes: resumable, not failed
 
 
 def kept(cfg: PretrainConfig) -> tuple[str, int]:
     """Return the file an interrupted run keeps and the step it holds (0: none yet), read from disk."""
-    from asdtool.errors import AsdError
+    from asdtool.core.errors import AsdError
     from asdtool.pretrain.loop import RESUME, read_state
 
     try:

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from asdtool.config import PseudolabelConfig
+from asdtool.config.stages import PseudolabelConfig
 
 
 def results_table(result, title: str, suggest: bool) -> Table:
@@ -32,7 +32,7 @@ def run(cfg: PseudolabelConfig) -> None:
 
     The labels feed `asdtool finetune --labels pseudo --pseudo-labels OUT` (the -pse models).
     """
-    from asdtool.pseudolabel import pseudolabel_to_files
+    from asdtool.train.pseudolabel import pseudolabel_to_files
 
     console = Console(stderr=True)
     bar = Progress(

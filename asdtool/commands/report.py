@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from asdtool.config import ReportConfig
+from asdtool.config.stages import ReportConfig
 
 
 def _table(title: str, header, rows) -> Table:
@@ -19,7 +19,8 @@ def _table(title: str, header, rows) -> Table:
 
 def run(cfg: ReportConfig) -> None:
     """Print and write the paper-style tables: single models by machine type, systems by machine type and metric."""
-    from asdtool import outputs, report
+    from asdtool.core import outputs
+    from asdtool.evaluate import report
 
     tables = outputs.Kind("a report table", lambda p: outputs.first_line(p) in {f"# {t}" for t in report.TITLES})
     outputs.check_folder(cfg.out, outputs.named(lambda name: name.endswith(".md"), tables),

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from asdtool.config import ScoreConfig
-from asdtool.errors import AsdError
+from asdtool.config.stages import ScoreConfig
+from asdtool.core.errors import AsdError
 
 CSV_HEADER = ("file", "machine", "section", "score", "threshold", "decision")
 ANOMALY_EXIT = 2
@@ -22,8 +22,8 @@ ANOMALY_EXIT = 2
 
 def write_results(path: Path, results) -> None:
     """Write the results as CSV (one row per recording) or JSON (with every window), atomically."""
-    from asdtool.atomic import atomic_path
-    from asdtool.outputs import spreadsheet_text
+    from asdtool.core.atomic import atomic_path
+    from asdtool.core.outputs import spreadsheet_text
 
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".csv":
@@ -43,9 +43,9 @@ def run(cfg: ScoreConfig) -> None:
     """Score recordings with a detector bundle; print a table, write --out, exit 2 on an anomaly with --fail-on-anomaly."""
     import torch
 
-    from asdtool import outputs
-    from asdtool.atomic import atomic_dir
-    from asdtool.bundle import (LOG_BUNDLE, LOG_SCORES, STDIN, append_log, check_log, expand_paths, load_bundle, plot_name,
+    from asdtool.core import outputs
+    from asdtool.core.atomic import atomic_dir
+    from asdtool.deploy.bundle import (LOG_BUNDLE, LOG_SCORES, STDIN, append_log, check_log, expand_paths, load_bundle, plot_name,
                                 plot_recording, read_audio_bytes, recording_of, score_recordings)  # fmt: skip
     from asdtool.data.audio import check_audio, read_channels
 

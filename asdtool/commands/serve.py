@@ -7,8 +7,8 @@ import socket
 from rich.console import Console
 from rich.table import Table
 
-from asdtool.config import ServeConfig
-from asdtool.errors import AsdError
+from asdtool.config.stages import ServeConfig
+from asdtool.core.errors import AsdError
 
 SHUTDOWN_SECONDS = 10  # how long a stopping service waits for the requests still open
 
@@ -38,8 +38,8 @@ def run(cfg: ServeConfig) -> None:
     import torch
     import uvicorn
 
-    from asdtool.bundle import check_log, load_bundle, read_bundle_meta
-    from asdtool.serve import make_app
+    from asdtool.deploy.bundle import check_log, load_bundle, read_bundle_meta
+    from asdtool.deploy.serve import make_app
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

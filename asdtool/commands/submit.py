@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from asdtool.config import SubmitConfig
+from asdtool.config.stages import SubmitConfig
 
 SHOWN_PROBLEMS = 20  # more would scroll the first ones out of sight
 
@@ -15,7 +15,7 @@ def run(cfg: SubmitConfig) -> None:
     """Write the submission folder of a score folder, or check one; print its sections, or its problems and exit 1."""
     import typer
 
-    from asdtool.submit import check_submission, write_submission
+    from asdtool.evaluate.submit import check_submission, write_submission
 
     console = Console()
     if cfg.check is not None:

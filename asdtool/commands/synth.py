@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from asdtool.config import SynthConfig
+from asdtool.config.stages import SynthConfig
 
 _COUNTS = ("train_source", "train_target", "test_normal", "test_anomaly")
 
@@ -14,9 +14,9 @@ _COUNTS = ("train_source", "train_target", "test_normal", "test_anomaly")
 def run(cfg: SynthConfig) -> None:
     """Write a synthetic DCASE Task 2 set: the 2024 dev layout, or the layout of --layout YEAR (dev or --eval)."""
     from asdtool.data.dcase import DEV_MACHINES
-    from asdtool.data.synth import SynthSizes, paper_sizes
+    from asdtool.data.synth.dev import SynthSizes, paper_sizes
 
-    from asdtool.outputs import check_into
+    from asdtool.core.outputs import check_into
 
     check_into(cfg.out)  # machine folders inside are checked against --overwrite by the writer
     base = paper_sizes() if cfg.paper_sizes else SynthSizes()
@@ -37,12 +37,12 @@ def run(cfg: SynthConfig) -> None:
             bar.update(task, completed=done, total=total)
 
         if cfg.layout is None:
-            from asdtool.data.synth import synthesize
+            from asdtool.data.synth.dev import synthesize
 
             summary = synthesize(cfg.out, seed=cfg.seed, sizes=sizes, machines=machines, progress=progress,
                                  overwrite=cfg.overwrite)  # fmt: skip
         else:
-            from asdtool.data.synth_layouts import default_ground_truth_folder, synthesize_layout
+            from asdtool.data.synth.layouts import default_ground_truth_folder, synthesize_layout
 
             gt = cfg.ground_truth_out or default_ground_truth_folder(cfg.out)
             check_into(gt, inputs=[cfg.out])
@@ -57,7 +57,7 @@ def run(cfg: SynthConfig) -> None:
 
 
 def _print_default(console: Console, summary, sizes) -> None:
-    from asdtool.data.synth import MACHINES
+    from asdtool.data.synth.dev import MACHINES
 
     table = Table(title=f"{summary.out} (seed {summary.seed}, {sizes.seconds:g} s clips)")
     table.add_column("machine")
@@ -73,8 +73,8 @@ def _print_default(console: Console, summary, sizes) -> None:
 
 
 def _print_layout(console: Console, summary, sizes) -> None:
-    from asdtool.data.synth import MACHINES
-    from asdtool.data.synth_layouts import YEAR_LAYOUTS
+    from asdtool.data.synth.dev import MACHINES
+    from asdtool.data.synth.layouts import YEAR_LAYOUTS
 
     layout = YEAR_LAYOUTS[summary.year]
     kind = "eval" if summary.eval_set else "dev"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from asdtool.report import percent
+from asdtool.evaluate.report import percent
 
 
 def results_table(summary: dict, title: str) -> Table:

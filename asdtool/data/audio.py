@@ -17,10 +17,9 @@ from typing import Sequence
 import numpy as np
 import soundfile as sf
 
-from asdtool.errors import AsdError
+from asdtool.core.errors import AsdError
 
 SAMPLE_RATE = 16_000
-CHANNELS = ("left", "right", "mean", "both")
 
 # WAVE format tags whose block (fmt's block align) holds exactly one frame: PCM, IEEE float,
 # A-law, mu-law and WAVE_FORMAT_EXTENSIBLE (whose sub-formats soundfile reads are all of that kind).
@@ -173,7 +172,7 @@ def pick_channel(channels: np.ndarray, channel: str, path: str | Path) -> np.nda
         return channels[1]
     if channel == "mean":
         return channels[0] if channels.shape[0] == 1 else channels.mean(axis=0, dtype=np.float32)
-    raise AsdError(f"unknown channel {channel!r}; choose one of {', '.join(CHANNELS[:3])} (both reads two views)")
+    raise AsdError(f"unknown channel {channel!r}; choose one of left, right, mean (both reads two views)")
 
 
 def views(path: str | Path, channel: str) -> tuple[str, ...]:

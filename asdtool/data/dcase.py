@@ -33,7 +33,7 @@ from asdtool.data.layouts import (  # noqa: F401  (re-exported: the record's voc
     parse_sections_name,
     reader_for,
 )
-from asdtool.errors import AsdError, few
+from asdtool.core.errors import AsdError, few
 
 DEV_MACHINES = ("bearing", "fan", "gearbox", "slider", "ToyCar", "ToyTrain", "valve")
 SPLITS = ("train", "test")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from asdtool.data.dcase import read_csv_rows
-from asdtool.errors import AsdError
+from asdtool.core.errors import AsdError
 
 HIDDEN_ATTRIBUTES_FILE = "hidden_attributes.csv"
 _HEADER = ["machine", "file_name", "hidden_attributes"]

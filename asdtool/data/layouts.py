@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from asdtool.errors import AsdError
+from asdtool.core.errors import AsdError
 
 YEARS = ("2020", "2021", "2022", "2023", "2024", "2025", "2026")
 GRAMMARS = ("ids", "domain-folders", "sections")

@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asdtool.config import HEAD_INPUTS
-from asdtool.errors import AsdError
-from asdtool.features import SpecAugment
-from asdtool.models import BACKBONES, load_backbone
+from asdtool.config.choices import Backbone, HeadInput, ModelBackbone
+from asdtool.core.errors import AsdError
+from asdtool.models.features import SpecAugment
+from asdtool.models.backbones.registry import load_backbone
 from asdtool.models.heads import ArcFaceLoss, EmbeddingHead
 from asdtool.models.lora import adapter_state_dict, apply_lora, load_adapter_state_dict
 
-CLASSIFIERS = (*BACKBONES, "dual")
+CLASSIFIERS = ModelBackbone.values()
 
 
 @contextmanager
@@ -68,8 +68,8 @@ class _Branch(nn.Module):
 
     def __init__(self, backbone: nn.Module, head_args: dict, spec_augment: dict | bool, head_input: str = "patches"):
         super().__init__()
-        if head_input not in HEAD_INPUTS:
-            raise AsdError(f"unknown head input {head_input!r}; choose one of {', '.join(HEAD_INPUTS)}")
+        if head_input not in HeadInput.values():
+            raise AsdError(f"unknown head input {head_input!r}; choose one of {HeadInput.listed()}")
         self.backbone = backbone
         self.head_input = head_input
         if spec_augment is True:
@@ -349,10 +349,10 @@ def build_classifier(
         if checkpoint is not None and not isinstance(checkpoint, dict):
             raise AsdError("the dual classifier takes checkpoint={'beats': path, 'eat': path}", str(checkpoint))
         ckpts = checkpoint or {}
-        unknown = set(ckpts) - set(BACKBONES)
+        unknown = set(ckpts) - set(Backbone.values())
         if unknown:
             raise AsdError(f"unknown backbone(s) in dual checkpoints: {', '.join(sorted(unknown))}")
-        per = {b: overrides.pop(b, {}) for b in BACKBONES}  # optional {"beats": {...}, "eat": {...}}
+        per = {b: overrides.pop(b, {}) for b in Backbone.values()}  # optional {"beats": {...}, "eat": {...}}
         if overrides:
             raise AsdError("dual backbone_overrides must be {'beats': {...}, 'eat': {...}}")
         beats = _backbone("beats", size, ckpts.get("beats"), *lora, per["beats"])

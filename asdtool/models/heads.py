@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asdtool.errors import AsdError
+from asdtool.core.errors import AsdError
+from asdtool.config.choices import EmbeddingLayer
 
-EMBEDDING_LAYERS = ("first", "second")
 
 
 def _weighted_stats(x: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +92,8 @@ class EmbeddingHead(nn.Module):
         global_context: bool = True,
     ):
         super().__init__()
-        if embedding_layer not in EMBEDDING_LAYERS:
-            raise AsdError(f"unknown embedding layer {embedding_layer!r}; choose one of {', '.join(EMBEDDING_LAYERS)}")
+        if embedding_layer not in EmbeddingLayer.values():
+            raise AsdError(f"unknown embedding layer {embedding_layer!r}; choose one of {EmbeddingLayer.listed()}")
         self.embedding_layer = embedding_layer
         self.pool = AttentiveStatsPool(in_dim, bottleneck=bottleneck, global_context=global_context)
         self.dense1 = nn.Linear(self.pool.output_dim, hidden_dim)

@@ -16,7 +16,7 @@ import sys
 import torch
 from torch import nn
 
-from asdtool.errors import AsdError
+from asdtool.core.errors import AsdError
 
 # Full-match regexes over module names (official checkpoint naming); a bare suffix such as
 # "proj" would also catch BEATs' `post_extract_proj`.

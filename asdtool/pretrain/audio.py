@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from asdtool.data.audio import SAMPLE_RATE, read_clip
-from asdtool.errors import AsdError
-from asdtool.trainset import StepBatches
+from asdtool.core.errors import AsdError
+from asdtool.train.trainset import StepBatches
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 _HELD_OUT_NAME = re.compile(r"(^|_)(test|anomaly)(_|$)")
@@ -60,7 +60,7 @@ def is_test_folder(name: str) -> bool:
 def find_audio(paths: Sequence[str | Path]) -> Corpus:
     """Return the audio files under `paths` (files or folder trees), sorted, without test or anomalous clips."""
     files: dict[Path, None] = {}
-    skipped = 0
+    skipped: set[Path] = set()  # held-out clips, each counted once however many given folders reach it
     for given in paths:
         given = Path(given)
         if given.is_file():
@@ -82,13 +82,13 @@ def find_audio(paths: Sequence[str | Path]) -> Corpus:
                 if path.suffix.lower() not in AUDIO_SUFFIXES or name.startswith("."):
                     continue
                 if held_out(path.relative_to(given)):
-                    skipped += 1
+                    skipped.add(path)
                     continue
                 files[path] = None
                 found += 1
         if not found:
             raise AsdError(f"holds no audio files ({', '.join(AUDIO_SUFFIXES)}) outside test folders", given)
-    return Corpus(sorted(files), skipped)
+    return Corpus(sorted(files), len(skipped))
 
 
 class CropDataset(torch.utils.data.Dataset):

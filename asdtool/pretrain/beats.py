@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asdtool.errors import AsdError
-from asdtool.models.beats import BEATs, TransformerEncoder, init_encoder_weights, to_official
+from asdtool.core.errors import AsdError
+from asdtool.models.backbones.beats import BEATs, TransformerEncoder, init_encoder_weights, to_official
 
 MASK_RATIO = 0.75  # BEATs section 3.3.2
 CODEBOOK_SIZE = 1024  # BEATs section 4.2
@@ -230,7 +230,7 @@ def export(objective: Objective) -> dict:
     """Return the student in the official BEATs checkpoint layout {"cfg": ..., "model": ...}.
 
     The label predictor and the tokenizer are left out: they serve pre-training only (BEATs
-    section 3.3.3 discards the predictor), and `asdtool.models.beats` would take keys under
+    section 3.3.3 discards the predictor), and `asdtool.models.backbones.beats` would take keys under
     `predictor.` for the AudioSet classifier of fine-tuned checkpoints.
     """
     objective = getattr(objective, "module", objective)  # a DistributedDataParallel wrapper

@@ -1,7 +1,7 @@
 """EAT's self-supervised pre-training objective: data2vec 2.0 on 16x16 fbank patches.
 
 EAT (Chen et al. 2024, "EAT: Self-Supervised Pre-Training with Efficient Audio Transformer",
-IJCAI 2024) trains the encoder of `asdtool.models.eat` as data2vec 2.0 (Baevski et al. 2023,
+IJCAI 2024) trains the encoder of `asdtool.models.backbones.eat` as data2vec 2.0 (Baevski et al. 2023,
 "Efficient Self-supervised Learning with Contextualized Target Representations for Vision, Speech
 and Language") trains its image model, plus one utterance-level term:
 
@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asdtool.errors import AsdError
-from asdtool.models import eat as eat_model
+from asdtool.core.errors import AsdError
+from asdtool.models.backbones import eat as eat_model
 
 if TYPE_CHECKING:
-    from asdtool.config import PretrainConfig
+    from asdtool.config.stages import PretrainConfig
 
 # --- The papers' constants -------------------------------------------------------------------
 # EMA teacher decay, linearly annealed from start to end (EAT pretraining_AS2M.yaml `ema_decay`,
@@ -372,7 +372,7 @@ def export(objective: Objective) -> dict:
 
     Layout: {"cfg": {"model": ...}, "model": encoder keys (modality_encoders.IMAGE.*, blocks.*),
     modality_encoders.IMAGE.decoder.*, and "_ema": the teacher's tensors in the same names}.
-    `asdtool.models.eat.load` reads it (dropping decoder and teacher) as the student.
+    `asdtool.models.backbones.eat.load` reads it (dropping decoder and teacher) as the student.
     """
     return eat_model.to_fairseq(
         objective.student,

@@ -30,15 +30,16 @@ import torch.distributed as dist
 from torch import nn
 
 from asdtool import __version__
-from asdtool import outputs
-from asdtool.atomic import write_json
-from asdtool.checkpoint import (
+from asdtool.core import outputs
+from asdtool.core.atomic import write_json
+from asdtool.models.checkpoint import (
     config_dict, path_sha256, read_train_log, rng_state, save_torch, set_rng_state, write_train_log,
 )
-from asdtool.config import PretrainConfig, fields
-from asdtool.distributed import init_distributed, resolve_device
-from asdtool.errors import AsdError
-from asdtool.models import count_parameters, load_backbone
+from asdtool.config.options import fields
+from asdtool.config.stages import PretrainConfig
+from asdtool.models.device import init_distributed, resolve_device
+from asdtool.core.errors import AsdError
+from asdtool.models.backbones.registry import count_parameters, load_backbone
 from asdtool.pretrain import OBJECTIVES
 from asdtool.pretrain.audio import CropBatches, CropDataset, find_audio
 
@@ -82,7 +83,7 @@ def _log_fields(rows: list[dict]) -> list[str]:
 
 def read_state(path: Path) -> dict:
     """Return a resume state written by this loop (safe loading only)."""
-    from asdtool.checkpoint import load_safely
+    from asdtool.models.checkpoint import load_safely
 
     if not path.is_file():
         raise AsdError("no unfinished pre-training run here to resume", path.parent)
