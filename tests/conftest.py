@@ -97,7 +97,7 @@ def tiny_root(tmp_path: Path) -> Path:
 _REFERENCE_RUN = """
 import json, warnings, torch
 warnings.simplefilter("ignore")
-from asdtool.models import {module}
+from asdtool.models.backbones import {module}
 model = {module}.load({ckpt!r})
 io = torch.load({io!r}, weights_only=True)
 errors = {{"fbank": (model.preprocess(io["wave"]) - io["fbank"]).abs().max().item()}}

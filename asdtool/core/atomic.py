@@ -177,18 +177,30 @@ def _exchange(a: Path, b: Path) -> bool:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back for the block (main thread only); a held one is delivered right after."""
+    """Hold SIGINT and SIGTERM back for the block (main thread only); a held one is delivered right after.
+
+    The Python handlers are swapped for ones that only take note, rather than masking the signals: a
+    signal sent to the process may be taken by any of its threads, and a mask holds back only its own.
+    """
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(number)
+        if handler is not None:  # None: set outside Python, which we leave alone
+            previous[number] = signal.signal(number, lambda n, _frame: caught.append(n))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)
 
 
 def current_umask() -> int:

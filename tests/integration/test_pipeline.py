@@ -179,7 +179,7 @@ def _stale(project: Path) -> set[str]:
 
 
 def test_editing_a_backbone_file_makes_exactly_its_models_stale(project):
-    eat = project / "asdtool" / "models" / "eat.py"
+    eat = project / "asdtool" / "models" / "backbones" / "eat.py"
     original = eat.read_text()
     assert _stale(project) == set()
     try:

@@ -325,7 +325,7 @@ CONTRACT = {  # backbone -> (config class, checkpoint filters, exporters)
 
 @pytest.mark.parametrize("name", Backbone.values())
 def test_backbones_share_one_contract(name):
-    module = importlib.import_module(f"asdtool.models.{name}")
+    module = importlib.import_module(f"asdtool.models.backbones.{name}")
     config_name, filters, exporters = CONTRACT[name]
     config_class = getattr(module, config_name)
     assert set(module.SIZES) == set(Size.values())
