@@ -18,11 +18,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-try:  # typer 0.2x vendors its own click; older releases use click itself
-    from typer._click import exceptions as _click
-except ImportError:  # pragma: no cover
-    from click import exceptions as _click
-
 from asdtool import __version__
 from asdtool.config import options, stages
 from asdtool.core.errors import AsdError
@@ -140,6 +135,7 @@ def make_command(stage: str, cls) -> typing.Callable:
     params += [_parameter(cls, f) for f in options.fields(cls)]
 
     def command(**kwargs: Any) -> None:
+        """Build the config from the params file and the given options, then run the command module."""
         params_file, name = kwargs.pop("params"), kwargs.pop("name", None)
         given = {k: _plain(v) for k, v in kwargs.items() if v not in (None, [], ())}  # None: not given here
         module, cfg = None, None
@@ -168,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage errors are one line and exit code 1 (not click's box and code 2)."""
     try:
         code = app(args=argv, prog_name="asdtool", standalone_mode=False)
-    except _click.NoArgsIsHelpError:
-        return 0  # the help was printed
-    except _click.UsageError as exc:
-        command = f" (see asdtool {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else ""
-        error_line(f"{exc.format_message().replace('Value error, ', '')}{command}")
-        return 1
-    except _click.ClickException as exc:
-        error_line(exc.format_message())
+    except typer.TyperException as exc:  # click's exceptions as typer ships them: their one public base class
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return 0  # the help was printed
+        message = exc.format_message()
+        if hasattr(exc, "ctx"):  # a usage error: the command's --help says more
+            ctx = exc.ctx
+            command = f" (see asdtool {ctx.info_name} --help)" if ctx and ctx.parent else ""
+            message = f"{message.replace('Value error, ', '')}{command}"
+        error_line(message)
         return 1
     except (typer.Abort, KeyboardInterrupt):
         error_line("interrupted")
@@ -184,4 +181,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
+    """Console-script entry point: exit with `main()`'s code."""
     sys.exit(main())

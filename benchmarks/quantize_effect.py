@@ -15,7 +15,9 @@ import time
 import torch
 
 from asdtool.evaluate import metrics
-from asdtool.deploy.bundle import load_bundle, recording_of, score_recordings
+from asdtool.deploy.inputs import recording_of
+from asdtool.deploy.load import load_bundle
+from asdtool.deploy.scoring import score_recordings
 from asdtool.data import dcase
 from asdtool.data.audio import read_channels
 

@@ -2,7 +2,7 @@
 
 A bundle of one random-init classifier (tiny or base BEATs or EAT; speed does not depend on the
 weights) with a memory bank of 1,000 random training embeddings (990 source, 10 target, domain-z)
-scores random recordings of `--seconds` through `asdtool.deploy.bundle.score_recordings`: batched across
+scores random recordings of `--seconds` through `asdtool.deploy.scoring.score_recordings`: batched across
 recordings (`--batch-size`), against a batch of one (the same code path), and batched with the
 linear layers quantised to int8 (`export --quantize int8`). Real-time factor = seconds of audio
 scored per second of wall time. Prints numbers, asserts nothing.
@@ -18,8 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asdtool.deploy.bundle import Bundle, Member, Recording, quantize_int8, score_recordings
+from asdtool.deploy.bundle import Bundle, Member
+from asdtool.deploy.inputs import Recording
+from asdtool.deploy.load import quantize_int8
+from asdtool.deploy.scoring import score_recordings
 from asdtool.detect.knn import fit_section
+from asdtool.detect.settings import DetectorSettings
 from asdtool.models.classifier import build_classifier
 from asdtool.data.store import Group
 
@@ -36,7 +40,7 @@ def make_bundle(backbone: str, size: str, seconds: float, device: str, int8: boo
     domain = np.r_[np.zeros(990), np.ones(10)].astype(np.int8)
     group = Group([f"section_00_{i:04d}.wav" for i in range(n)], domain, np.zeros(n, np.int8), [""] * n, values)
     member = Member("bench", model, seconds, "left", {}, {})
-    member.banks[("fan", "00")] = fit_section(group, normalise="domain-z")
+    member.banks[("fan", "00")] = fit_section(group, DetectorSettings(normalise="domain-z"))
     return Bundle(Path("bench.asd"), {"kind": "model"}, [member], None, {("fan", "00"): 0.0}, torch.device(device))
 
 

@@ -31,7 +31,7 @@ def main() -> None:
     import torch
     import uvicorn
 
-    from asdtool.deploy.bundle import load_bundle
+    from asdtool.deploy.load import load_bundle
     from asdtool.deploy.serve import make_app
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -37,6 +37,7 @@ def run(cfg: BaselineConfig) -> None:
         epochs = bar.add_task("autoencoder", total=cfg.epochs, note="", visible=False)
 
         def on_epoch(machine, log) -> None:
+            """Keep a machine type's latest epoch log and show its loss (and validation loss) on the bar."""
             last[machine] = log
             note = f"loss {log.loss:.3f}" + ("" if math.isnan(log.val_loss) else f"  val {log.val_loss:.3f}")
             bar.update(epochs, completed=log.epoch, description=f"autoencoder {machine}", note=note, visible=True)

@@ -11,9 +11,9 @@ from asdtool.config.stages import DetectConfig
 def run(cfg: DetectConfig) -> None:
     """Score every clip by its cosine distance to the nearest training embedding (source + SMOTE-balanced target)."""
     from asdtool.detect.knn import SOURCE, TARGET, detect_to_folder
+    from asdtool.detect.settings import DetectorSettings
 
-    emb, result = detect_to_folder(cfg.embeddings, cfg.out, cfg.k, cfg.smote_ratio, cfg.smote_k, cfg.seed, cfg.data_root,
-                                   cfg.normalise, cfg.density_k, cfg.reading)  # fmt: skip
+    emb, result = detect_to_folder(cfg.embeddings, cfg.out, DetectorSettings.of(cfg), cfg.data_root, cfg.reading)
     title = f"{emb.meta.model or cfg.embeddings.name}: k={cfg.k}, SMOTE ratio {cfg.smote_ratio:g}, k {cfg.smote_k}"
     if cfg.normalise != "none":
         title += f", {cfg.normalise}" + (f" (density k {cfg.density_k})" if cfg.normalise == "local-density" else "")

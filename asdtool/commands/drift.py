@@ -42,7 +42,7 @@ def run(cfg: DriftConfig) -> None:
     """Compare the latest --last windows of each section with the training scores; print, plot and write JSON."""
     from asdtool.core import outputs
     from asdtool.core.atomic import write_json
-    from asdtool.deploy.bundle import LOG_BUNDLE, LOG_DRIFT_PLOT, LOG_SCORES
+    from asdtool.deploy.scorelog import LOG_BUNDLE, LOG_DRIFT_PLOT, LOG_SCORES
     from asdtool.deploy.drift import DRIFTING, SIGNIFICANCE, drift_report, plot_drift, read_log, report_json, time_span
 
     plot = cfg.plot if cfg.plot is not None else cfg.log / LOG_DRIFT_PLOT

@@ -34,13 +34,13 @@ def search_weights(path: Path, stores: list[Path]) -> list[float]:
 
 def run(cfg: ExportConfig) -> None:
     """Write one detector bundle (.asd): a fine-tuned model, or a system of several with their weights."""
-    from asdtool.deploy.bundle import export_bundle
+    from asdtool.deploy.export import export_bundle
+    from asdtool.detect.settings import DetectorSettings
 
     weights = search_weights(cfg.search, cfg.embeddings) if cfg.search is not None else (cfg.weights or None)
     console = Console(stderr=True)
     with console.status("fitting the detectors") as status:
-        result = export_bundle(cfg.model, cfg.embeddings, cfg.out, weights, cfg.k, cfg.smote_ratio, cfg.smote_k, cfg.seed,
-                               cfg.normalise, cfg.density_k, cfg.decision_quantile,
+        result = export_bundle(cfg.model, cfg.embeddings, cfg.out, weights, DetectorSettings.of(cfg), cfg.decision_quantile,
                                progress=lambda text: status.update(text), quantize=cfg.quantize, force=cfg.force,
                                inputs=[cfg.search, cfg.sign_key], sign_key=cfg.sign_key)  # fmt: skip
     kind = "model " + result.members[0] if result.weights is None else (

@@ -6,9 +6,9 @@ import os
 import warnings
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from asdtool.commands.progress import step_bar
 from asdtool.config.stages import FinetuneConfig
 
 
@@ -35,27 +35,17 @@ def run(cfg: FinetuneConfig) -> None:
     console = Console(stderr=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bar = Progress(
-            TextColumn(f"[bold]{cfg.backbone}{'-lora' if cfg.lora_rank else ''}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  lr {task.fields[lr]:.2e}"),
-            TextColumn("{task.fields[rate]:.2f} steps/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True, disable=not main,
-            auto_refresh=False,  # no refresh thread: a Ctrl-C can then never leave one waiting on a lock
-        )  # fmt: skip
-        task = bar.add_task("train", total=cfg.steps, loss=float("nan"), acc=float("nan"), lr=0.0, rate=0.0)
+        figures = ("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  lr {task.fields[lr]:.2e}  "
+                   "{task.fields[rate]:.2f} steps/s")
+        label = f"{cfg.backbone}{'-lora' if cfg.lora_rank else ''}"
+        with step_bar(label, figures, cfg.steps, console, main, loss=float("nan"), acc=float("nan"), lr=0.0,
+                      rate=0.0) as bar:  # fmt: skip
 
-        def on_step(row: dict) -> None:
-            if not bar.live.is_started:  # the bar appears with the first step, after all input checks
-                bar.start()
-            bar.update(task, completed=row["step"], loss=row["loss"], acc=row["accuracy"], lr=row["lr"],
-                       rate=bar.tasks[0].speed or 0.0)  # fmt: skip
-            bar.refresh()
+            def on_step(row: dict) -> None:
+                """Show the step, loss, accuracy, learning rate and steps/s."""
+                bar.step(row["step"], loss=row["loss"], acc=row["accuracy"], lr=row["lr"], rate=bar.speed)
 
-        try:
             result = finetune(cfg, on_step=on_step)
-        finally:
-            if bar.live.is_started:
-                bar.stop()
     if not main:
         return
     table = Table(title=f"finetune -> {cfg.out}", title_justify="left", show_header=False)

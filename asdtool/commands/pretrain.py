@@ -6,9 +6,9 @@ import os
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from asdtool.commands.progress import step_bar
 from asdtool.config.stages import PretrainConfig
 
 UNFINISHED = 3  # exit code of a run stopped by --max-minutes: resumable, not failed
@@ -34,25 +34,15 @@ def run(cfg: PretrainConfig) -> None:
 
     main = int(os.environ.get("RANK", "0")) == 0
     console = Console(stderr=True)
-    bar = Progress(
-        TextColumn(f"[bold]pretrain {cfg.backbone}-{cfg.size}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=not main,
-        auto_refresh=False,  # no refresh thread: a Ctrl-C can then never leave one waiting on a lock
-    )  # fmt: skip
-    task = bar.add_task("pretrain", total=cfg.steps, loss=float("nan"), lr=0.0, rate=0.0)
+    figures = "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"
+    with step_bar(f"pretrain {cfg.backbone}-{cfg.size}", figures, cfg.steps, console, main, loss=float("nan"), lr=0.0,
+                  rate=0.0) as bar:  # fmt: skip
 
-    def on_step(row: dict) -> None:
-        if not bar.live.is_started:  # the bar appears with the first step, after all input checks
-            bar.start()
-        bar.update(task, completed=row["step"], loss=row["loss"], lr=row["lr"], rate=row["clips_per_s"])
-        bar.refresh()
+        def on_step(row: dict) -> None:
+            """Show the step, loss, learning rate and clips/s."""
+            bar.step(row["step"], loss=row["loss"], lr=row["lr"], rate=row["clips_per_s"])
 
-    try:
         result = pretrain(cfg, on_step=on_step)
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     if not main:
         return
     table = Table(title=f"pretrain -> {cfg.out}", title_justify="left", show_header=False)

@@ -41,6 +41,7 @@ def run(cfg: PseudolabelConfig) -> None:
     task = bar.add_task("clips", total=None)
 
     def on_clips(advance: int, total: int) -> None:
+        """Start the bar on the first batch, then advance it by `advance` of `total` clips."""
         if not bar.live.is_started:  # the bar appears with the first batch, after all input checks
             bar.start()
         bar.update(task, advance=advance, total=total)

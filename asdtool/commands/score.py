@@ -45,8 +45,10 @@ def run(cfg: ScoreConfig) -> None:
 
     from asdtool.core import outputs
     from asdtool.core.atomic import atomic_dir
-    from asdtool.deploy.bundle import (LOG_BUNDLE, LOG_SCORES, STDIN, append_log, check_log, expand_paths, load_bundle, plot_name,
-                                plot_recording, read_audio_bytes, recording_of, score_recordings)  # fmt: skip
+    from asdtool.deploy.inputs import STDIN, expand_paths, read_audio_bytes, recording_of
+    from asdtool.deploy.load import load_bundle
+    from asdtool.deploy.scorelog import LOG_BUNDLE, LOG_SCORES, append_log, check_log, plot_name, plot_recording
+    from asdtool.deploy.scoring import score_recordings
     from asdtool.data.audio import check_audio, read_channels
 
     if cfg.threads:

@@ -38,7 +38,8 @@ def run(cfg: ServeConfig) -> None:
     import torch
     import uvicorn
 
-    from asdtool.deploy.bundle import check_log, load_bundle, read_bundle_meta
+    from asdtool.deploy.load import load_bundle, read_bundle_meta
+    from asdtool.deploy.scorelog import check_log
     from asdtool.deploy.serve import make_app
 
     if cfg.threads:

@@ -56,6 +56,7 @@ def fields(cls) -> list[dataclasses.Field]:
 
 
 def flag_name(f: dataclasses.Field) -> str:
+    """Return a field's command-line flag: its `flag` metadata, else `--` and the name with dashes."""
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 

@@ -93,6 +93,10 @@ class SynthConfig:
     overwrite: bool = option(False, "Replace machine folders that already exist under --out (and the ground-truth folder).", recipe=False)
 
     def validate(self) -> None:
+        """Refuse a seed out of range, and --eval, --ground-truth-out or --supplemental without --layout.
+
+        --supplemental is for --layout 2025 only, and at least 0.
+        """
         check_seed(self)  # clip counts and lengths are checked by synthesize
         if self.layout is None:
             given = [flag for flag, value in (("--eval", self.eval), ("--ground-truth-out", self.ground_truth_out),
@@ -117,6 +121,7 @@ class CorpusConfig:
     overwrite: bool = option(False, "Replace --out if it already holds a corpus.", recipe=False)
 
     def validate(self) -> None:
+        """Refuse a seed out of range, fewer than one clip and a clip length that is not positive."""
         check_seed(self)
         at_least(self, 1, "clips")
         positive(self, "seconds")
@@ -168,6 +173,7 @@ class PretrainConfig:
     resume: bool = option(False, "Continue the unfinished run in --out from its last checkpoint.", recipe=False)
 
     def validate(self) -> None:
+        """Refuse no --audio, values out of range, and --min-lr above --max-lr (mask ratio in (0, 1), EMA decays in [0, 1])."""
         if not self.audio:
             raise AsdError("name at least one --audio folder or file")
         at_least(self, 1, "steps", "batch_size", "grad_accum", "checkpoint_every", "log_every")
@@ -241,6 +247,10 @@ class FinetuneConfig(ReadsData):
         _roots(self)
 
     def validate(self) -> None:
+        """Refuse --labels pseudo without --pseudo-labels, values out of range, and --min-lr above --max-lr.
+
+        The ArcFace margin lies in [0, pi/2) radians; --branch-weights is two non-negative weights.
+        """
         if self.labels == "pseudo" and not self.pseudo_labels:
             raise AsdError("--labels pseudo needs --pseudo-labels FILE")
         at_least(self, 1, "steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "hidden_dim", "emb_dim")
@@ -297,6 +307,7 @@ class PseudolabelConfig(ReadsData):
         _roots(self)
 
     def validate(self) -> None:
+        """Refuse a batch size below 1, a clip length that is not positive and a seed out of range."""
         at_least(self, 1, "batch_size")
         positive(self, "seconds")
         check_seed(self)
@@ -326,6 +337,7 @@ class EmbedConfig(ReadsData):
     force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
+        """Refuse anything but exactly one of --model and --backbone, --pretrained with --model, and values out of range."""
         if (self.model is None) == (self.backbone is None):
             raise AsdError("give either --model (a fine-tuned model folder) or --backbone (the frozen model)")
         if self.model is not None and self.pretrained is not None:
@@ -353,6 +365,7 @@ class DetectConfig(ReadsData):
     data_root: Path | None = option(None, "Refuse the store unless it was built from this data root's clip list.", recipe=False)
 
     def validate(self) -> None:
+        """Refuse --k, --smote-k or --density-k below 1, a negative --smote-ratio and a seed out of range."""
         at_least(self, 1, "k", "smote_k", "density_k")
         at_least(self, 0, "smote_ratio")
         check_seed(self)
@@ -383,6 +396,7 @@ class BaselineConfig(ReadsData):
     channel: str = option("left", CHANNEL_HELP, choices=Channel)
 
     def validate(self) -> None:
+        """Refuse values out of range (clip length and lr > 0, epochs >= 1, batch size >= 2, validation split in [0, 1), seed)."""
         positive(self, "seconds", "lr")
         at_least(self, 1, "epochs")
         at_least(self, 2, "batch_size")  # BatchNorm trains on 2 vectors or more
@@ -408,6 +422,10 @@ class EnsembleConfig(ReadsData):
     force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
+        """Refuse no --scores, and not exactly one of --weights and --search.
+
+        --search needs --data-root, --search-out needs --search, and --top is at least 1.
+        """
         if not self.scores:
             raise AsdError("give at least one --scores folder")
         if self.search and self.weights:
@@ -439,6 +457,7 @@ class EvaluateConfig(ReadsData):
     force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
+        """Refuse anything but exactly one of --data-root and --ground-truth, and a decision quantile outside (0, 1)."""
         if (self.data_root is None) == (self.ground_truth is None):
             raise AsdError("give exactly one of --data-root (dev names) or --ground-truth (organisers' folder)")
         if not 0.0 < self.decision_quantile < 1.0:
@@ -467,6 +486,7 @@ class SubmitConfig(ReadsData):
     force: bool = option(False, "Replace an existing --out (a folder of submission files only).", recipe=False)
 
     def validate(self) -> None:
+        """Refuse --check with --scores or --out, a submission to write without both, and a decision quantile outside (0, 1)."""
         if self.check is not None:
             if self.scores is not None or self.out is not None:
                 raise AsdError("--check reads an existing submission folder; give it without --scores and --out")
@@ -488,6 +508,7 @@ class ReportConfig:
     system: list[str] = option([], "A system to list in the Table 4 layout (repeatable).")
 
     def validate(self) -> None:
+        """Refuse a report that names no --model and no --system."""
         if not self.model and not self.system:
             raise AsdError("name at least one --model or --system")
 
@@ -522,6 +543,7 @@ class ExportConfig:
     force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
+        """Refuse values out of range, not one --embeddings per --model, and --weights together with --search."""
         at_least(self, 1, "k", "smote_k", "density_k")
         check_seed(self)
         if len(self.model) != len(self.embeddings):
@@ -562,6 +584,7 @@ class ScoreConfig:
     force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
+        """Refuse values out of range, an --out other than .csv or .json, and a --section other than two digits."""
         within(self, "batch_size", 1, MAX_BATCH)
         within(self, "threads", 1, MAX_THREADS)
         check_hop(self)
@@ -598,6 +621,7 @@ class ServeConfig:
     verify_key: Path | None = option(None, VERIFY_HELP, recipe=False)
 
     def validate(self) -> None:
+        """Refuse a port, body size limit, batch size, wait, thread count, hop or length limit out of range."""
         within(self, "port", 1, 65535)
         within(self, "max_bytes", 1, 2**31)
         within(self, "batch_size", 1, MAX_BATCH)
@@ -620,4 +644,5 @@ class DriftConfig:
     force: bool = option(False, FORCE_HELP, recipe=False)
 
     def validate(self) -> None:
+        """Refuse --last below 1."""
         at_least(self, 1, "last")

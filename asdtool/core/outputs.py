@@ -79,6 +79,7 @@ def json_document(path: Path):
 def json_with_keys(*keys: str) -> Callable[[Path], bool]:
     """Return a recogniser of JSON objects that hold every one of `keys`."""
     def recognise(path: Path) -> bool:
+        """Return whether `path` is a JSON object holding every one of `keys` (ValueError from `json_document`)."""
         doc = json_document(path)
         return isinstance(doc, dict) and all(k in doc for k in keys)
 

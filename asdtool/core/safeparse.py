@@ -61,6 +61,7 @@ class _BoundedComposer(Composer):
     _depth = 0  # lists and mappings open around the node being composed
 
     def compose_node(self, parent, index):
+        """Return the next node as PyYAML composes it; _Refused for an anchor, an alias or nesting deeper than MAX_DEPTH."""
         event = self.peek_event()
         if isinstance(event, AliasEvent):
             raise _Refused(f"uses the YAML alias *{_clip(event.anchor, 40)} ({_line(event)}); anchors and aliases are "
@@ -83,6 +84,7 @@ class _UniqueKeyConstructor(SafeConstructor):
     """PyYAML's safe constructor, refusing a key given twice in one mapping."""
 
     def construct_mapping(self, node, deep=False):
+        """Return the mapping PyYAML constructs from `node`; _Refused for a key given twice (merge keys aside)."""
         if isinstance(node, MappingNode):
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:  # the mapping's own keys, before merge keys (`<<:`) are flattened
@@ -158,6 +160,7 @@ def loads_json(text: str, path: str | Path | None = None) -> Any:
     """
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        """Return the dict of one JSON object's pairs; _Refused for a key given twice."""
         obj: dict[str, Any] = {}
         for key, value in pairs:
             if key in obj:

@@ -92,6 +92,7 @@ class Clip:
 
     @property
     def file_name(self) -> str:
+        """The clip's file name (the last part of its path)."""
         return self.path.name
 
     @property
@@ -128,6 +129,7 @@ class Dataset:
 
     @property
     def machines(self) -> list[str]:
+        """The machine types of the clips, sorted case-insensitively."""
         return sorted({c.machine for c in self.clips}, key=str.lower)
 
     def select(self, machine: str | None = None, split: str | None = None) -> list[Clip]:

@@ -32,13 +32,11 @@ from typing import Callable
 from asdtool.core.errors import AsdError
 
 YEARS = ("2020", "2021", "2022", "2023", "2024", "2025", "2026")
-GRAMMARS = ("ids", "domain-folders", "sections")
 YEAR_GRAMMAR = {"2020": "ids", "2021": "domain-folders", **{y: "sections" for y in YEARS[2:]}}
 LABELS = {"normal": 0, "anomaly": 1}
 UNKNOWN = -1
 NO_ATTRIBUTE = "noAttribute"
 SUPPLEMENTAL = "supplemental"
-SUPPLEMENTAL_KINDS = ("machine", "noise")
 
 
 @dataclass(frozen=True)
@@ -55,6 +53,7 @@ class ClipName:
 
     @property
     def attributes(self) -> dict[str, str]:
+        """The attribute dict of the name's attribute part ({} for `noAttribute`, "" and 2021's free text)."""
         return parse_attributes(self.attribute_string) if self.pairs else {}
 
 
@@ -178,6 +177,7 @@ class Reader:
     parse: Callable[[str, str], ClipName]
 
     def split_of(self, folder: str) -> str:
+        """Return the split of a clip folder: "test" for `test`, `source_test` and `target_test`, else the folder's name."""
         return "test" if folder.endswith("test") else folder
 
 

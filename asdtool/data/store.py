@@ -161,9 +161,11 @@ class Store:
 
     @property
     def machines(self) -> list[str]:
+        """Return the machine types of the groups, each once, in file order."""
         return list(dict.fromkeys(m for m, _ in self.groups))
 
     def get(self, machine: str, split: str) -> Group | None:
+        """Return the group of one machine type and split, or None when the store has none."""
         return self.groups.get((machine, split))
 
     def content_sha256(self) -> str:

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from asdtool.deploy.bundle import LOG_BUNDLE, LOG_HEADER, LOG_SCORES
 from asdtool.core import safeparse
 from asdtool.core.errors import AsdError
 from asdtool.core.outputs import from_spreadsheet_text
+from asdtool.deploy.scorelog import LOG_BUNDLE, LOG_HEADER, LOG_SCORES
 
 QUANTILES = (0.5, 0.9, 0.99)
 SIGNIFICANCE = 0.01  # binomial p-value below which a section is drifting
@@ -72,7 +72,7 @@ class Log:
     """A score log folder: the bundle's reference (bundle.json) and the windows of scores.csv by section."""
 
     folder: Path
-    reference: dict  # bundle.json as written by asdtool.deploy.bundle.log_reference
+    reference: dict  # bundle.json as written by asdtool.deploy.scorelog.log_reference
     sections: dict[tuple[str, str], SectionLog]  # (machine, section) -> its windows; every section of the bundle
     rows: int  # windows in scores.csv
 

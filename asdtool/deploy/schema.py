@@ -29,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from asdtool.config.checks import MAX_SEED
 from asdtool.config.choices import Normalise, ViewChannel
 from asdtool.core.errors import AsdError, quote
+from asdtool.deploy.bundle import QUANTIZE
 
 KINDS = ("model", "system")
-QUANTIZE = ("none", "int8")
 EMBEDDINGS_DTYPE, DOMAIN_DTYPE = "float32", "int8"
 DOMAINS = (0, 1)  # asdtool.detect.knn's SOURCE, TARGET
 

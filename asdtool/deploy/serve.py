@@ -22,15 +22,17 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from asdtool import __version__
-from asdtool.deploy.bundle import (STDIN, Bundle, Recording, RecordingScore, append_log, check_log, read_audio_bytes,
-                            recording_of, score_recordings, window_starts)  # fmt: skip
 from asdtool.core.errors import AsdError
+from asdtool.deploy.bundle import Bundle, RecordingScore
+from asdtool.deploy.inputs import STDIN, UPLOADS, NoDetector, Recording, read_audio_bytes, recording_of
+from asdtool.deploy.scorelog import append_log, check_log
+from asdtool.deploy.scoring import score_recordings, window_starts
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -212,40 +214,6 @@ def decode(data: bytes, name: str, max_seconds: float | None = None) -> np.ndarr
         raise ServeError(400, str(exc)) from None
 
 
-def recording_for(bundle: Bundle, name: str, machine: str | None, section: str | None) -> Recording:
-    """Return the recording of an upload named `name`: machine type and section from the query, else from its name.
-
-    The machine type is the nearest folder of the name (`fan/test/section_00_...wav`) that is one
-    of the bundle's, else its only one; the section comes from the file name, else the machine's
-    only one. Only the name's own folders count: nothing on the server's disk is looked at.
-    """
-    known = bundle.machines
-    if machine is None and name != STDIN:
-        folders = PurePosixPath(name.replace("\\", "/")).parts[:-1]
-        machine = next((p for p in reversed(folders) if p in known), None)
-    if machine is None and len(known) == 1:
-        machine = next(iter(known))
-    if machine is None:
-        raise ServeError(400, str(AsdError(f"cannot tell its machine type: no folder in its name is one of the bundle's "
-                                           f"({', '.join(known)}); give ?machine=", name)))  # fmt: skip
-    if machine not in known:
-        raise ServeError(404, str(AsdError(f"the bundle has no machine type {machine!r} (it has {', '.join(known)})", name)))
-    if section is None:
-        from asdtool.data.layouts import section_of
-
-        try:
-            section = section_of(PurePosixPath(name.replace("\\", "/")).name)
-        except ValueError:
-            if len(known[machine]) != 1:
-                raise ServeError(400, str(AsdError(f"cannot tell its section from its name; give ?section= (one of "
-                                                   f"{', '.join(known[machine])})", name))) from None  # fmt: skip
-            section = known[machine][0]
-    if section not in known[machine]:
-        raise ServeError(404, str(AsdError(f"the bundle has no section {section} of {machine} (it has "
-                                           f"{', '.join(known[machine])})", name)))  # fmt: skip
-    return recording_of(bundle, Path(name), name, machine, section)
-
-
 async def read_body(request: "Request", max_bytes: int) -> bytes:
     """Return the request body, refusing one over `max_bytes` (413) by its Content-Length or while it streams in."""
     too_big = f"the request body exceeds the limit of {max_bytes} bytes"
@@ -366,7 +334,12 @@ def make_app(bundle: Bundle, *, max_bytes: int = 50_000_000, batch_size: int = 1
                 raise ServeError(400, str(AsdError("the uploaded file is empty", name)))
         else:
             name, data = STDIN, body
-        rec = recording_for(bundle, name, machine, section)
+        try:  # the machine type and section from the query, else from the upload's name alone
+            rec = recording_of(bundle, Path(name), name, machine, section, UPLOADS)
+        except NoDetector as exc:
+            raise ServeError(404, str(exc)) from None
+        except AsdError as exc:  # cannot tell
+            raise ServeError(400, str(exc)) from None
         channels = await run_in_threadpool(decode, data, name, max_seconds)
         result: RecordingScore = await asyncio.wrap_future(batcher.submit(rec, channels))
         windows = [{"start": s, "score": v} for s, v in zip(result.window_starts, result.window_scores)]

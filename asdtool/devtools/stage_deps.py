@@ -228,24 +228,24 @@ class WriteError(ValueError):
     """dvc.yaml cannot be rewritten: stages with errors, or item code that no item field can carry."""
 
 def _item_paths(files: set[str], needed: set[str], root: Path) -> list[str] | None:
-    def single(group: set[str]) -> str | None:  # the file, or the folder with no unneeded .py
+    def _single(group: set[str]) -> str | None:  # the file, or the folder with no unneeded .py
         folder = next(iter(group)) if len(group) == 1 else os.path.commonpath(sorted(group))
         while folder and len(group) > 1 and not _py_files_under(folder, root) <= needed:
             folder = os.path.dirname(folder)
         return folder or None
     by_dir = {d: {f for f in files if os.path.dirname(f) == d} for d in {os.path.dirname(f) for f in files}}
-    paths = [single(files)] if single(files) else [single(by_dir[d]) for d in sorted(by_dir)]  # else one per package
+    paths = [_single(files)] if _single(files) else [_single(by_dir[d]) for d in sorted(by_dir)]  # else one per package
     return None if None in paths else paths  # type: ignore[return-value]
 
 def _rename(node: Any, new: str) -> None:
-    def sub(s: Any) -> Any:  # `${item}` -> `new` in every string and key under the ruamel `node`
+    def _sub(s: Any) -> Any:  # `${item}` -> `new` in every string and key under the ruamel `node`
         return type(s)(t) if isinstance(s, str) and (t := re.sub(r"\$\{\s*item\s*\}", new, s)) != s else s
     for i, (k, v) in enumerate(list(node.items()) if isinstance(node, dict) else list(enumerate(node))):
-        if isinstance(node, dict) and sub(k) is not k:
+        if isinstance(node, dict) and _sub(k) is not k:
             del node[k]
-            node.insert(i, k := sub(k), v)
-        if sub(v) is not v:
-            node[k] = sub(v)
+            node.insert(i, k := _sub(k), v)
+        if _sub(v) is not v:
+            node[k] = _sub(v)
         elif isinstance(v, (dict, list)):
             _rename(v, new)
 

@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import scipy.stats
@@ -43,11 +43,24 @@ EVAL_LIST_2020 = "eval_data_list.csv"  # DCASE 2020: one list of every eval clip
 
 
 def score_file_name(machine: str, section: str = "00", split: str = "test") -> str:
+    """Return the name of the score file of one machine type, section and split (test or train)."""
     return f"anomaly_score_{machine}_section_{section}_{split}.csv"
 
 
 def decision_file_name(machine: str, section: str = "00") -> str:
+    """Return the name of the decision file of one machine type and section's test clips."""
     return f"decision_result_{machine}_section_{section}_test.csv"
+
+
+def nonblank_rows(f: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, row) of an open CSV file's rows, skipping rows whose cells are all blank.
+
+    Line numbers count from 1 as csv.reader yields rows, the skipped rows included.
+    """
+    for line_no, row in enumerate(csv.reader(f), start=1):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        yield line_no, row
 
 
 def read_score_csv(path: str | Path) -> dict[str, float]:
@@ -60,9 +73,7 @@ def read_score_csv(path: str | Path) -> dict[str, float]:
     bad: list[str] = []
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            for line_no, row in enumerate(csv.reader(f), start=1):
-                if not row or all(not cell.strip() for cell in row):
-                    continue
+            for line_no, row in nonblank_rows(f):
                 if len(row) != 2:
                     raise AsdError(f"line {line_no} has {len(row)} fields, expected file_name,score", path)
                 name, text = row[0].strip(), row[1].strip()
@@ -247,6 +258,8 @@ def _truth_from_eval_list(path: Path) -> list[SectionTruth]:
 
 @dataclass
 class SectionResult:
+    """AUC (source), AUC (target) and pAUC of one machine type and section, each in [0, 1]."""
+
     machine: str
     section: str
     auc_source: float

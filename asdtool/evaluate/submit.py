@@ -59,6 +59,7 @@ class SectionSummary:
 
     @property
     def anomalous_share(self) -> float:
+        """Return the fraction of the section's clips decided anomalous; 0.0 for a section without clips."""
         return self.anomalous / self.clips if self.clips else 0.0
 
 
@@ -73,6 +74,7 @@ class CheckResult:
 
     @property
     def valid(self) -> bool:
+        """Return whether the folder has no problems."""
         return not self.problems
 
 
@@ -327,7 +329,10 @@ def write_submission(scores: str | Path, data_root: str | Path, out: str | Path,
     import yaml
 
     class MetaDumper(yaml.SafeDumper):
+        """A safe YAML dumper that writes no anchors or aliases."""
+
         def ignore_aliases(self, data):  # a value given twice is written twice: the check refuses aliases
+            """Return True: every value is written out in full, never as an alias."""
             return True
 
     with atomic_dir(out) as tmp:
@@ -440,9 +445,7 @@ def _check_rows(path: Path, names: list[str], what: str, parse: Callable[[str, s
     values: dict[str, Any] = {}
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            for line_no, row in enumerate(csv.reader(f), start=1):
-                if not row or all(not cell.strip() for cell in row):
-                    continue
+            for line_no, row in metrics.nonblank_rows(f):
                 if len(row) != 2:
                     problems.append(f"{path}: line {line_no} has {len(row)} fields, expected file_name,value")
                     continue

@@ -161,6 +161,7 @@ class DenseAutoencoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 640) -> (B, 640)
+        """Return the reconstruction of `x` (B, input_dim) through the bottleneck."""
         return self.decoder(self.encoder(x))  # bottleneck (B, 8)
 
     def dense_shapes(self) -> list[tuple[int, int]]:

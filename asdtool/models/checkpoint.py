@@ -130,6 +130,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore every RNG state that `rng_state` returned (CUDA's only when saved and CUDA is available)."""
     n = state["numpy"]
     torch.set_rng_state(state["torch"])
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
@@ -144,6 +145,7 @@ def set_rng_state(state: dict) -> None:
 def config_dict(cfg: FinetuneConfig) -> dict:
     """Return every field of the config as plain values (paths as strings)."""
     def plain(v):
+        """Return v with paths as strings, lists item by item."""
         return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(v, list) else v
 
     return {f.name: plain(getattr(cfg, f.name)) for f in fields(cfg)}

@@ -79,6 +79,10 @@ class _Branch(nn.Module):
         self.head = EmbeddingHead(width, **head_args)
 
     def tokens(self, wave: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, N, D) or (B, frames, F*D)
+        """Return the head's input of waves (B, T): patch tokens (B, N, D) or frame embeddings (B, frames, F*D).
+
+        In train mode the fbank gets SpecAugment masks first (when the branch has them).
+        """
         fbank = self.backbone.preprocess(wave)  # (B, F, 128), no gradient
         if self.training and self.spec_augment is not None:
             fbank = self.spec_augment(fbank)
@@ -86,6 +90,7 @@ class _Branch(nn.Module):
         return frame_tokens(tokens, self.backbone) if self.head_input == "frames" else tokens
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, T) -> (B, e), (B, E)
+        """Return (detector embedding, classifier input) of waves (B, T): the `embedding_layer` output and the second dense output."""
         first, second = self.head.layers(self.tokens(wave))
         return (first if self.head.embedding_layer == "first" else second), second
 
@@ -123,10 +128,12 @@ class AttributeClassifier(nn.Module):
 
     @property
     def backbone(self) -> nn.Module:
+        """The backbone module, as given (LoRA-wrapped or not)."""
         return self.branch.backbone
 
     @property
     def head(self) -> EmbeddingHead:
+        """The EmbeddingHead on the backbone's tokens."""
         return self.branch.head
 
     @property
@@ -202,6 +209,7 @@ class DualClassifier(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
+        """Width of `embed`'s output (the fused embedding)."""
         return self.fusion.out_features
 
     def branch_embeddings(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

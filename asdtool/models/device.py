@@ -22,6 +22,7 @@ class Dist:
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the process that writes the files."""
         return self.rank == 0
 
     def close(self) -> None:

@@ -50,12 +50,14 @@ class SpecAugment(nn.Module):
         self.mask_value = float(mask_value)
 
     def extra_repr(self) -> str:
+        """Return the mask settings shown in the module's repr."""
         return (
             f"max_time_mask={self.max_time_mask}, max_freq_mask={self.max_freq_mask}, "
             f"n_time_masks={self.n_time_masks}, n_freq_masks={self.n_freq_masks}, mask_value={self.mask_value}"
         )
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:  # (B, F, mels) -> (B, F, mels)
+        """Return the fbank (B, F, mels) with each clip's own random masks in train mode; unchanged in eval mode."""
         if not self.training:
             return fbank
         if fbank.dim() != 3:

@@ -43,6 +43,7 @@ class FrozenEmbedder(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
+        """Return E, the length of `embed`'s vectors: token width x statistics (2 for *meanstd) x bands (freq-*)."""
         stats = 2 if self.pooling.endswith("meanstd") else 1
         return self.backbone.embed_dim * stats * (self.bands if self.pooling.startswith("freq") else 1)
 
@@ -56,12 +57,14 @@ class FrozenEmbedder(nn.Module):
         captured: list[torch.Tensor] = []
         if self.layer < len(blocks):
             def hook(module, args):  # the block's input is the previous layer's output
+                """Capture the block's input and stop the forward pass there."""
                 captured.append(args[0])
                 raise _Stop
 
             handle = blocks[self.layer].register_forward_pre_hook(hook)
         else:
             def hook(module, args, output):
+                """Capture the last block's output."""
                 captured.append(output)
 
             handle = blocks[-1].register_forward_hook(hook)
@@ -74,6 +77,11 @@ class FrozenEmbedder(nn.Module):
         return captured[0]
 
     def embed(self, wave: torch.Tensor) -> torch.Tensor:
+        """Return the pooled clip vectors (B, E), float32: the patch tokens' mean, and for *meanstd their std.
+
+        `meanstd`/`mean` pool over all patches, `freq-*` over time band by band (bands concatenated); the
+        std is the population one (divisor N).
+        """
         tokens = self.states(wave).float()  # (B, prefix + N, D)
         if self.pooling.startswith("freq"):  # (B, T, F, D): the statistics over time, band by band
             frames = frame_tokens(tokens, self.backbone)

@@ -64,6 +64,7 @@ class AttentiveStatsPool(nn.Module):
         return torch.softmax(self.attention(h), dim=2)  # (B, D, N)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, 2D)
+        """Return the attention-weighted mean and std (B, 2D) of tokens (B, N, D)."""
         w = self.weights(tokens)
         mean, std = _weighted_stats(tokens.transpose(1, 2), w, self.eps)  # (B, D, 1) each
         return torch.cat([mean, std], dim=1).squeeze(2)
@@ -108,6 +109,7 @@ class EmbeddingHead(nn.Module):
         return first, self.dense2(F.relu(first))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, emb_dim)
+        """Return the second dense output (B, emb_dim) of tokens (B, N, D): the ArcFace input."""
         return self.layers(tokens)[1]
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -147,6 +149,7 @@ class ArcFaceLoss(nn.Module):
         self.fallback = math.sin(math.pi - margin) * margin
 
     def extra_repr(self) -> str:
+        """Return the sizes, scale and margin shown in the module's repr."""
         return f"emb_dim={self.emb_dim}, n_classes={self.n_classes}, scale={self.scale}, margin={self.margin}"
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -154,6 +157,7 @@ class ArcFaceLoss(nn.Module):
         return F.linear(F.normalize(embeddings.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (ArcFace loss, margin-free logits (B, n_classes)) of embeddings (B, E) and class labels (B,)."""
         if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
             raise AsdError(
                 f"ArcFace labels must be [B] for embeddings {tuple(embeddings.shape)}, got {tuple(labels.shape)}"

@@ -117,6 +117,7 @@ class CropBatches(StepBatches):
     """StepBatches whose items carry their global position too, which seeds each crop."""
 
     def micro_batch(self, g: int) -> list[tuple[int, int]]:
+        """Return this process's items of micro-batch g: (clip index, global position), the position seeding the crop."""
         pos = list(range(g * self.batch, (g + 1) * self.batch))
         items = [(int(self._perm(p // self.n)[p % self.n]), p) for p in pos]
         return items[self.rank :: self.world]

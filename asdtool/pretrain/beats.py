@@ -96,10 +96,12 @@ class RandomProjectionTokenizer(nn.Module):
 
     @property
     def codebook_size(self) -> int:
+        """Number of labels the tokenizer gives (codebook entries)."""
         return self.codebook.shape[0]
 
     @torch.no_grad()
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:  # (B, F, M) -> (B, N) int64
+        """Return the label (B, N) in [0, codebook_size) of every patch of fbanks (B, F, M)."""
         with torch.autocast(device_type=fbank.device.type, enabled=False):
             patches = patchify(fbank.float(), self.patch_size)  # (B, N, p * p)
             patches = F.layer_norm(patches, patches.shape[-1:], eps=PATCH_NORM_EPS)

@@ -354,6 +354,7 @@ def build_objective(student: eat_model.EAT, cfg: PretrainConfig) -> Objective:
     """Return EAT's objective around `student`; knobs left None in `cfg` take the paper's values."""
 
     def pick(value, default):
+        """Return `value`, or `default` when it is None."""
         return default if value is None else value
 
     return Objective(

@@ -53,6 +53,7 @@ RESUME_FORMAT, RESUME_VERSION = "asdtool-pretrain-state", 1
 
 @dataclass
 class PretrainResult:
+    """What `pretrain` returns: the run's folder, steps done and total, last loss, clips used and skipped, parameter counts, wall time."""
     out: Path
     steps: int  # steps done so far
     total_steps: int
@@ -65,6 +66,7 @@ class PretrainResult:
 
     @property
     def complete(self) -> bool:
+        """Whether every step is done (False after a --max-minutes stop)."""
         return self.steps >= self.total_steps
 
 
@@ -176,6 +178,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
         )
 
     def gathered_generators() -> list[torch.Tensor]:
+        """Return every process's mask generator state, by rank (gathered from all under torchrun)."""
         mine = masks.get_state()
         if d.world == 1:
             return [mine]
@@ -184,6 +187,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
         return every
 
     def save(step: int) -> None:
+        """Write the resume state at `step` and the train log so far (on rank 0); every process joins the gather."""
         generators = gathered_generators()
         if not d.main:
             return

@@ -49,6 +49,8 @@ MODEL_FILES = (CHECKPOINT, TRAIN_LOG, SUMMARY)
 
 @dataclass
 class TrainResult:
+    """What `finetune` gives back: the model folder, the last step's loss and accuracy, and this run's figures."""
+
     out: Path
     steps: int
     loss: float
@@ -141,6 +143,7 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
         )
 
     def save(step: int, complete: bool) -> None:
+        """Write the training log, then the checkpoint of `step` (`complete`: training has finished) into `out`."""
         # the log first: a run stopped between the two keeps a log reaching past its checkpoint, and a
         # resume takes the log's rows up to the checkpoint's step (the other order would lose rows)
         write_train_log(out / TRAIN_LOG, log_rows, ["step", "loss", "accuracy", "lr"])

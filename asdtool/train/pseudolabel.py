@@ -274,10 +274,12 @@ class MachineClusters:
 
     @property
     def sizes(self) -> list[int]:
+        """Return the number of clips in each cluster, indexed by cluster id (0 to k - 1)."""
         return np.bincount(self.labels, minlength=self.k).tolist()
 
     @property
     def title(self) -> str:
+        """Return the UMAP plot's title: machine type, k and how it was chosen, clips, silhouette and ARI when known."""
         how = "given" if self.k_from == "given" else "best silhouette"
         sil = "" if self.silhouette is None else f", silhouette {self.silhouette:.3f}"
         ari = "" if self.ari is None else f", ARI {self.ari:.3f}"
@@ -446,6 +448,8 @@ def pseudo_label(
 
 @dataclass(frozen=True)
 class OutputPaths:
+    """Where the pseudo-label files go: the labels CSV, the UMAP plot folder and the summary JSON."""
+
     labels: Path
     plots: Path
     summary: Path

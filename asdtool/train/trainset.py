@@ -105,6 +105,7 @@ class StepBatches(torch.utils.data.Sampler):
         return self._perms[epoch]
 
     def micro_batch(self, g: int) -> list[int]:
+        """Return this process's dataset indices of micro-batch g (every world-th, from its rank)."""
         pos = range(g * self.batch, (g + 1) * self.batch)
         idx = [int(self._perm(p // self.n)[p % self.n]) for p in pos]
         return idx[self.rank :: self.world]

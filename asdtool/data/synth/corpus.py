@@ -37,10 +37,10 @@ from scipy.signal import lfilter
 
 from asdtool.core.atomic import atomic_dir
 from asdtool.data.audio import SAMPLE_RATE
-from asdtool.data.synth.dev import (
-    FAN_MODELS,
-    GEARBOX_TEETH,
+from asdtool.data.synth.dev import FAN_MODELS, GEARBOX_TEETH
+from asdtool.data.synth.dsp import (
     NYQUIST_GUARD,
+    TWO_PI,
     apply_filter,
     band,
     bump,
@@ -49,6 +49,7 @@ from asdtool.data.synth.dev import (
     gate,
     gate_edges,
     harmonics,
+    impulses,
     phase,
     pulse_times,
     ring,
@@ -67,8 +68,7 @@ MAX_CLIPS = 99_999  # five-digit clip numbers
 
 _CLIP_NAME = re.compile(r"corpus_\d{5}\.wav")
 _STREAM = 0x636F7270  # "corp": keeps the corpus generators apart from any other use of the seed
-_TWO_PI = 2.0 * np.pi
-_SLIDER_TURNS_PER_STROKE = 240.0  # synth._slider: motor 0.4 vel Hz times stroke period 600 / vel s
+_SLIDER_TURNS_PER_STROKE = 240.0  # dev._slider: motor 0.4 vel Hz times stroke period 600 / vel s
 
 # how a clip is put together
 _EXTRA_LAYERS = (0.55, 0.30, 0.15)  # probability of 0, 1, 2 further families
@@ -125,11 +125,7 @@ def _wobble(rng: np.random.Generator, n: int, rate: float, depth: float) -> np.n
 
 def _decays(n: int, times: np.ndarray, amps: np.ndarray | float, tau: float) -> np.ndarray:
     """Exponential decay envelopes (time constant `tau` s) starting at `times`: the contact noise of impacts."""
-    x = np.zeros(n)
-    idx = np.round(np.asarray(times) * SAMPLE_RATE).astype(int)
-    keep = (idx >= 0) & (idx < n)
-    np.add.at(x, idx[keep], np.broadcast_to(np.asarray(amps, dtype=float), idx.shape)[keep])
-    return lfilter([1.0], [1.0, -np.exp(-1.0 / (tau * SAMPLE_RATE))], x)
+    return lfilter([1.0], [1.0, -np.exp(-1.0 / (tau * SAMPLE_RATE))], impulses(n, times, amps))
 
 
 def _impacts(rng: np.random.Generator, n: int, times: np.ndarray, base: float, decay: float, modes: int) -> np.ndarray:
@@ -331,8 +327,8 @@ def _electrical(rng: np.random.Generator, n: int) -> Layer:
         params = {"tone_hz": tone}
     else:  # a PWM inverter: a carrier frequency-modulated at the motor's output frequency
         carrier, out_hz, index = _log_uniform(rng, 1500, 7000), rng.uniform(5, 100), rng.uniform(0.5, 3.0)
-        x = np.sin(_TWO_PI * carrier * t + index * np.sin(_TWO_PI * out_hz * t) + rng.uniform(0, _TWO_PI))
-        x += rng.uniform(0.05, 0.5) * np.sin(_TWO_PI * 6 * out_hz * t)  # torque ripple
+        x = np.sin(TWO_PI * carrier * t + index * np.sin(TWO_PI * out_hz * t) + rng.uniform(0, TWO_PI))
+        x += rng.uniform(0.05, 0.5) * np.sin(TWO_PI * 6 * out_hz * t)  # torque ripple
         params = {"carrier_hz": carrier, "output_hz": out_hz, "fm_index": index}
     return x, kind, params
 
@@ -384,14 +380,14 @@ def _rolling(rng: np.random.Generator, n: int) -> Layer:
         depth = rng.uniform(0.0, 0.6)
         roughness = bump(f, _log_uniform(rng, 150, 1500), rng.uniform(0.3, 1.0), rng.uniform(0, 10))
         x = shaped_noise(rng, band(f, lo, hi, 1.5) * roughness, n)
-        x *= 1.0 + depth * np.sin(_TWO_PI * wheel * t + rng.uniform(0, _TWO_PI))
+        x *= 1.0 + depth * np.sin(TWO_PI * wheel * t + rng.uniform(0, TWO_PI))
         params: Params = {"wheel_hz": wheel, "band_hz": f"{lo:.0f}-{hi:.0f}", "modulation": depth}
     elif kind == "belt":
         belt = _log_uniform(rng, 0.5, 8.0)
         slaps = _inside(rng, pulse_times(rng, belt, seconds, 0.02), seconds)
         x = _impacts(rng, n, slaps, _log_uniform(rng, 100, 600), rng.uniform(0.01, 0.05), 2)
         flap = shaped_noise(rng, band(f, 100, 2500, 1.5), n)
-        x += rng.uniform(0.3, 1.5) * (1.0 + 0.5 * np.sin(_TWO_PI * belt * 2 * t)) * flap
+        x += rng.uniform(0.3, 1.5) * (1.0 + 0.5 * np.sin(TWO_PI * belt * 2 * t)) * flap
         params = {"belt_pass_hz": belt}
     else:  # stick-slip: a rough stream of tiny releases over the sliding noise
         lo, slip = _log_uniform(rng, 800, 3000), _log_uniform(rng, 20, 200)
@@ -528,6 +524,7 @@ def _text(value) -> str:
 
 
 def clip_name(index: int) -> str:
+    """Return the file name of corpus clip `index`: corpus_<five digits>.wav."""
     return f"corpus_{index:05d}.wav"
 
 

@@ -8,15 +8,16 @@
     <out>/hidden_attributes.csv      (the withheld attributes of gearbox, slider, ToyTrain)
 
 Each machine type has a small physically motivated signal model (harmonics of a rotation frequency
-with speed wander, coloured broadband noise, resonances excited by impacts, on/off events); its
-attributes set the model's parameters (speed, load, model, microphone position). Target-domain
-clips change one factor, as the DCASE domain shifts do: an attribute value the source domain never
-shows but next to its values (a neighbouring speed, voltage or model), recorded in a second hall of
-the same factory. Both domains carry factory noise (a ventilation bed whose level drifts, neighbouring
-machines that come and go, clatter) at a few dB SNR; a machine's running speed spreads by a few
-percent from clip to clip at one setting. Anomalous clips carry one of two or three machine-specific
-faults, at levels tuned so that a log-mel 1-NN detector (`asdtool.detect.baseline.evaluate_baseline`) lands
-well above chance and well below perfect.
+with speed wander, coloured broadband noise, resonances excited by impacts, on/off events, all built
+from `asdtool.data.synth.dsp`); its attributes set the model's parameters (speed, load, model,
+microphone position). Target-domain clips change one factor, as the DCASE domain shifts do: an
+attribute value the source domain never shows but next to its values (a neighbouring speed, voltage
+or model), recorded in a second hall of the same factory. Both domains carry factory noise (a
+ventilation bed whose level drifts, neighbouring machines that come and go, clatter) at a few dB
+SNR; a machine's running speed spreads by a few percent from clip to clip at one setting. Anomalous
+clips carry one of two or three machine-specific faults, at levels tuned so that a log-mel 1-NN
+detector (`asdtool.detect.baseline.evaluate_baseline`) lands well above chance and well below
+perfect.
 
 Every clip draws from its own numpy Generator, seeded by (seed, machine, split, domain, label,
 index), so the same seed gives byte-identical files whatever the generation order. The other DCASE
@@ -34,16 +35,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import lfilter, resample_poly
+from scipy.signal import resample_poly
 
 from asdtool.core.atomic import replace_dir, staging_dir
 from asdtool.data.audio import SAMPLE_RATE
 from asdtool.data.dcase import DEV_MACHINES, DOMAINS, format_attributes, format_name, write_attribute_csv
 from asdtool.data.hidden import HIDDEN_ATTRIBUTES_FILE, read_hidden_rows, write_hidden_rows
+from asdtool.data.synth import dsp
 from asdtool.core.errors import AsdError
 
-_TWO_PI = 2.0 * np.pi
-_NYQUIST_GUARD = 7_600.0  # no tone above this: keeps every harmonic clear of aliasing at 16 kHz
 _SPEED_SPREAD = 0.03  # clip-to-clip spread of a machine's running speed at one setting (load, supply, temperature)
 
 
@@ -73,144 +73,8 @@ class SynthSummary:
 
     @property
     def total(self) -> int:
+        """Return the number of clips written."""
         return sum(sum(c.values()) for c in self.counts.values())
-
-
-# --------------------------------------------------------------------------------------------------
-# Signal primitives (all vectorised over the clip; f is the rfft frequency grid of the clip)
-
-
-def _freqs(n: int) -> np.ndarray:
-    return np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
-
-
-def _shaped_noise(rng: np.random.Generator, gain: np.ndarray, n: int) -> np.ndarray:
-    """Return unit-RMS noise whose magnitude spectrum follows `gain` (filtered white noise)."""
-    x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * gain, n)
-    return x / (x.std() + 1e-12)
-
-
-def _band(f: np.ndarray, lo: float, hi: float, order: float = 2.0) -> np.ndarray:
-    """Band-pass magnitude response (Butterworth-like skirts of the given order)."""
-    f = np.maximum(f, 1.0)
-    return 1.0 / np.sqrt((1.0 + (lo / f) ** (2 * order)) * (1.0 + (f / hi) ** (2 * order)))
-
-
-def _tilt(f: np.ndarray, db_per_octave: float, ref: float = 1000.0) -> np.ndarray:
-    """Spectral tilt: `db_per_octave` relative to `ref` Hz (-3 dB/oct is pink, -6 brown)."""
-    return (np.maximum(f, 20.0) / ref) ** (db_per_octave / 6.0206)
-
-
-def _bump(f: np.ndarray, centre: float, octaves: float, gain_db: float) -> np.ndarray:
-    """A smooth resonance: `gain_db` at `centre`, log-Gaussian of width `octaves`."""
-    shape = np.exp(-0.5 * (np.log2(np.maximum(f, 1.0) / centre) / octaves) ** 2)
-    return 10.0 ** (gain_db * shape / 20.0)
-
-
-def _filter(x: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    """Apply a zero-phase magnitude response (a microphone's position and colouring)."""
-    return np.fft.irfft(np.fft.rfft(x) * gain, len(x))
-
-
-def _speed(rng: np.random.Generator, n: int, f0: float, wander: float = 0.004, wow: float = 0.002) -> np.ndarray:
-    """Instantaneous rotation frequency: `f0` with a slow random wander and a slight periodic wow."""
-    t = np.arange(n) / SAMPLE_RATE
-    knots = rng.standard_normal(6) * wander
-    drift = np.interp(np.linspace(0.0, 5.0, n), np.arange(6), knots)
-    wobble = wow * np.sin(_TWO_PI * rng.uniform(0.3, 1.2) * t + rng.uniform(0, _TWO_PI))
-    return f0 * (1.0 + drift + wobble)
-
-
-def _phase(inst_freq: np.ndarray) -> np.ndarray:
-    return _TWO_PI * np.cumsum(inst_freq) / SAMPLE_RATE
-
-
-def _harmonics(
-    rng: np.random.Generator, phase: np.ndarray, f0: float, amps: Sequence[float], orders: Sequence[float] | None = None
-) -> np.ndarray:
-    """Sum of sines at the given multiples (default 1, 2, 3, ...) of a running phase, random start phases."""
-    starts = rng.uniform(0, _TWO_PI, len(amps))
-    if orders is None:
-        # integer multiples: Im(sum_k c_k z^k) with z = e^(i phase), by Horner's rule (one exp, no sines)
-        coeffs = [
-            a * np.exp(1j * p) if a > 0 and k * f0 < _NYQUIST_GUARD else 0j
-            for k, a, p in zip(range(1, len(amps) + 1), amps, starts)
-        ]
-        while coeffs and coeffs[-1] == 0:
-            coeffs.pop()
-        if not coeffs:
-            return np.zeros_like(phase)
-        z = np.exp(1j * phase)
-        acc = np.full(phase.shape, coeffs[-1])
-        for c in reversed(coeffs[:-1]):
-            acc *= z
-            acc += c
-        acc *= z
-        return acc.imag
-    out = np.zeros_like(phase)
-    for k, a, p in zip(orders, amps, starts):
-        if a > 0 and k * f0 < _NYQUIST_GUARD:
-            out += a * np.sin(k * phase + p)
-    return out
-
-
-def _vary(rng: np.random.Generator, amps: Sequence[float], db: float) -> np.ndarray:
-    """Per-clip variation of component levels (a normal machine never sounds exactly the same)."""
-    amps = np.asarray(amps, dtype=float)
-    return amps * 10.0 ** (rng.normal(0.0, db, amps.shape) / 20.0)
-
-
-def _pulse_times(rng: np.random.Generator, rate: float, seconds: float, jitter: float = 0.02) -> np.ndarray:
-    """Onset times of a quasi-periodic impact train at `rate` per second (period jitter as a fraction)."""
-    period = 1.0 / rate
-    count = int(seconds * rate) + 2
-    gaps = period * (1.0 + jitter * rng.standard_normal(count))
-    return rng.uniform(0, period) + np.concatenate([[0.0], np.cumsum(gaps[:-1])])
-
-
-def _ring(n: int, times: np.ndarray, amps: np.ndarray | float, f_res: float, decay: float) -> np.ndarray:
-    """Impacts at `times` exciting a damped resonance at `f_res` Hz (decay time constant in seconds)."""
-    x = np.zeros(n)
-    idx = np.round(np.asarray(times) * SAMPLE_RATE).astype(int)
-    keep = (idx >= 0) & (idx < n)
-    np.add.at(x, idx[keep], np.broadcast_to(np.asarray(amps, dtype=float), idx.shape)[keep])
-    r = np.exp(-1.0 / (decay * SAMPLE_RATE))
-    theta = _TWO_PI * min(f_res, _NYQUIST_GUARD) / SAMPLE_RATE
-    return lfilter([np.sin(theta)], [1.0, -2.0 * r * np.cos(theta), r * r], x)
-
-
-def _bursts(rng: np.random.Generator, n: int, rate: float, length: float, gate: np.ndarray | None = None) -> np.ndarray:
-    """Envelope of randomly timed Hann-shaped bursts (`rate` per second, `length` seconds each)."""
-    env = np.zeros(n)
-    width = max(int(length * SAMPLE_RATE), 8)
-    window = np.hanning(width)
-    count = max(1, rng.poisson(rate * n / SAMPLE_RATE))
-    for start in rng.integers(-width // 2, n, count):
-        lo, hi = max(start, 0), min(start + width, n)
-        if hi > lo:
-            env[lo:hi] += window[lo - start : hi - start] * rng.uniform(0.6, 1.0)
-    env = np.minimum(env, 1.0)
-    return env if gate is None else env * gate
-
-
-def _gate(n: int, period: float, duty: float, offset: float, ramp: float) -> np.ndarray:
-    """On/off envelope: on for `duty` of each `period`, with linear ramps of `ramp` seconds."""
-    t = np.arange(n) / SAMPLE_RATE
-    age = (t + offset) % period  # time since this cycle switched on
-    on_time = duty * period
-    return np.clip(age / ramp, 0, 1) * np.clip((on_time - age) / ramp, 0, 1)
-
-
-def _gate_edges(n: int, period: float, duty: float, offset: float) -> tuple[np.ndarray, np.ndarray]:
-    """Switch-on and switch-off times of `_gate`'s cycles inside the clip."""
-    seconds = n / SAMPLE_RATE
-    starts = np.arange(-1, int(seconds / period) + 2) * period - offset % period
-    ends = starts + duty * period
-    return starts[(starts >= 0) & (starts < seconds)], ends[(ends >= 0) & (ends < seconds)]
-
-
-def _sign(rng: np.random.Generator) -> float:
-    return 1.0 if rng.random() < 0.5 else -1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,38 +85,39 @@ Render = Callable[[np.random.Generator, int, dict, "str | None", float], np.ndar
 
 
 def _bearing(rng: np.random.Generator, n: int, a: dict, fault: str | None, sev: float) -> np.ndarray:
-    f, seconds = _freqs(n), n / SAMPLE_RATE
+    f, seconds = dsp.freqs(n), n / SAMPLE_RATE
     vel = float(a["vel"])
-    inst = _speed(rng, n, 4.0 * vel * (1 + _SPEED_SPREAD * rng.standard_normal()))
+    inst = dsp.speed(rng, n, 4.0 * vel * (1 + _SPEED_SPREAD * rng.standard_normal()))
     shaft = float(inst.mean())
-    hum = _harmonics(rng, _phase(inst), shaft, _vary(rng, [0.5, 0.35, 0.25, 0.15, 0.1, 0.06], 1.5))
+    hum = dsp.harmonics(rng, dsp.phase(inst), shaft, dsp.vary(rng, [0.5, 0.35, 0.25, 0.15, 0.1, 0.06], 1.5))
     # ball-pass (outer race) impacts excite the housing resonance; faster shafts hit harder
     resonance = 2800.0 * (1 + 0.01 * rng.standard_normal())
     if fault == "resonance_shift":  # a loosened housing moves its resonance
-        resonance *= 1.0 + _sign(rng) * 0.035 * sev
+        resonance *= 1.0 + dsp.random_sign(rng) * 0.035 * sev
     bpfo = 3.05 * shaft
-    times = _pulse_times(rng, bpfo, seconds, 0.03)
+    times = dsp.pulse_times(rng, bpfo, seconds, 0.03)
     strength = 0.8 * (vel / 10.0) ** 0.5
-    x = hum + _ring(n, times, strength * rng.uniform(0.8, 1.2, times.shape), resonance, 0.004)
-    roll = _shaped_noise(rng, _band(f, 500, 6500) * _bump(f, resonance, 0.25, 6.0), n)
+    x = hum + dsp.ring(n, times, strength * rng.uniform(0.8, 1.2, times.shape), resonance, 0.004)
+    roll = dsp.shaped_noise(rng, dsp.band(f, 500, 6500) * dsp.bump(f, resonance, 0.25, 6.0), n)
     x += 0.25 * 10 ** (rng.normal(0, 1.0) / 20) * roll
     if fault == "inner_race":  # ball-pass inner race impacts, modulated by the shaft rotation
-        t2 = _pulse_times(rng, 4.95 * shaft, seconds, 0.03)
-        mod = 0.5 + 0.5 * np.cos(_TWO_PI * shaft * t2)
-        x += _ring(n, t2, 0.36 * sev * strength * mod, 4200.0, 0.003)
+        t2 = dsp.pulse_times(rng, 4.95 * shaft, seconds, 0.03)
+        mod = 0.5 + 0.5 * np.cos(dsp.TWO_PI * shaft * t2)
+        x += dsp.ring(n, t2, 0.36 * sev * strength * mod, 4200.0, 0.003)
     elif fault == "rubbing":  # cage rubbing once per revolution: high-frequency scraping
-        env = (0.5 + 0.5 * np.sin(_phase(inst))) ** 2
-        x += 0.3 * sev * env * _shaped_noise(rng, _band(f, 3000, 7500, 3), n)
+        env = (0.5 + 0.5 * np.sin(dsp.phase(inst))) ** 2
+        x += 0.3 * sev * env * dsp.shaped_noise(rng, dsp.band(f, 3000, 7500, 3), n)
     loc = {
         "A": np.ones_like(f),
-        "B": 0.8 * _tilt(f, -2.0),
-        "C": 0.7 * _bump(f, 1200.0, 0.5, 5.0),
-        "D": 0.9 * _tilt(f, 1.5),
+        "B": 0.8 * dsp.tilt(f, -2.0),
+        "C": 0.7 * dsp.bump(f, 1200.0, 0.5, 5.0),
+        "D": 0.9 * dsp.tilt(f, 1.5),
     }[a["loc"]]
-    return _filter(x, loc)
+    return dsp.apply_filter(x, loc)
 
 
-_FAN_MODELS = {  # blade count, rotation Hz, flow-noise centre Hz
+# FAN_MODELS and GEARBOX_TEETH are public: the corpus (asdtool.data.synth.corpus) keeps its sounds away from them
+FAN_MODELS = {  # fan model -> blade count, rotation Hz, flow-noise centre Hz
     "W": (5, 22.0, 900.0),
     "X": (7, 18.0, 1300.0),
     "Y": (9, 26.0, 700.0),
@@ -262,87 +127,87 @@ _FAN_MODELS = {  # blade count, rotation Hz, flow-noise centre Hz
 
 
 def _fan(rng: np.random.Generator, n: int, a: dict, fault: str | None, sev: float) -> np.ndarray:
-    f = _freqs(n)
-    blades, rotation, flow_centre = _FAN_MODELS[a["m-n"]]
-    inst = _speed(rng, n, rotation * (1 + _SPEED_SPREAD * rng.standard_normal()))
-    phase, shaft = _phase(inst), float(inst.mean())
-    shaft_amps = _vary(rng, [0.15, 0.08, 0.04], 2.0)
+    f = dsp.freqs(n)
+    blades, rotation, flow_centre = FAN_MODELS[a["m-n"]]
+    inst = dsp.speed(rng, n, rotation * (1 + _SPEED_SPREAD * rng.standard_normal()))
+    phase, shaft = dsp.phase(inst), float(inst.mean())
+    shaft_amps = dsp.vary(rng, [0.15, 0.08, 0.04], 2.0)
     if fault == "imbalance":  # rotor imbalance: strong once- and twice-per-revolution tones
         shaft_amps = shaft_amps + sev * np.array([0.18, 0.09, 0.02])
-    x = _harmonics(rng, phase, shaft, shaft_amps)
-    blade_amps = _vary(rng, [0.8, 0.45, 0.25, 0.12, 0.06], 1.5)
-    blade = _harmonics(rng, blades * phase, blades * shaft, blade_amps)
+    x = dsp.harmonics(rng, phase, shaft, shaft_amps)
+    blade_amps = dsp.vary(rng, [0.8, 0.45, 0.25, 0.12, 0.06], 1.5)
+    blade = dsp.harmonics(rng, blades * phase, blades * shaft, blade_amps)
     if fault == "imbalance":  # ... which also modulates the blade-pass tone
         blade *= 1.0 + 0.09 * sev * np.sin(phase)
     x += blade
     if fault == "blade_damage":  # a damaged blade: sidebands around the blade-pass harmonics at shaft rate
         offsets = [(h, s) for h in (1, 2) for s in (-2, -1, 1, 2)]
         orders = [blades * h + s for h, s in offsets]
-        x += _harmonics(rng, phase, shaft, [0.4 * sev / (h * abs(s)) for h, s in offsets], orders)
+        x += dsp.harmonics(rng, phase, shaft, [0.4 * sev / (h * abs(s)) for h, s in offsets], orders)
     centre = flow_centre * (1 + 0.03 * rng.standard_normal())
     flow_level = 0.7 * 10 ** (rng.normal(0, 1.0) / 20)
     if fault == "clogging":  # a clogged filter: the flow noise gets louder and its band moves
-        centre *= 1.0 + _sign(rng) * 0.09 * sev
+        centre *= 1.0 + dsp.random_sign(rng) * 0.09 * sev
         flow_level *= 1.0 + 0.18 * sev
-    flow = _shaped_noise(rng, _band(f, 120, 6000, 1.0) * _tilt(f, -2.0) * _bump(f, centre, 0.6, 9.0), n)
+    flow = dsp.shaped_noise(rng, dsp.band(f, 120, 6000, 1.0) * dsp.tilt(f, -2.0) * dsp.bump(f, centre, 0.6, 9.0), n)
     return x + flow_level * flow
 
 
-_GEARBOX_TEETH = 21
+GEARBOX_TEETH = 21  # the gear's tooth count: its mesh tone runs at 21 x the shaft rate
 
 
 def _gearbox(rng: np.random.Generator, n: int, a: dict, fault: str | None, sev: float) -> np.ndarray:
-    f, seconds = _freqs(n), n / SAMPLE_RATE
+    f, seconds = dsp.freqs(n), n / SAMPLE_RATE
     volt, load = float(a["volt"]), float(a["wt"]) / 150.0
-    inst = _speed(rng, n, 1.6 * volt * (1 + _SPEED_SPREAD * rng.standard_normal()))
-    phase, shaft = _phase(inst), float(inst.mean())
-    mesh_amps = _vary(rng, [0.8, 0.4, 0.2, 0.1], 1.5) * load**0.5
+    inst = dsp.speed(rng, n, 1.6 * volt * (1 + _SPEED_SPREAD * rng.standard_normal()))
+    phase, shaft = dsp.phase(inst), float(inst.mean())
+    mesh_amps = dsp.vary(rng, [0.8, 0.4, 0.2, 0.1], 1.5) * load**0.5
     if fault == "wear":  # worn teeth: a half-mesh tone and a raised third mesh harmonic
         mesh_amps[2] += 0.1 * sev
-        x = _harmonics(rng, _GEARBOX_TEETH * phase, _GEARBOX_TEETH * shaft, [0.08 * sev], [0.5])
+        x = dsp.harmonics(rng, GEARBOX_TEETH * phase, GEARBOX_TEETH * shaft, [0.08 * sev], [0.5])
     else:
         x = np.zeros(n)
-    x += _harmonics(rng, _GEARBOX_TEETH * phase, _GEARBOX_TEETH * shaft, mesh_amps)
+    x += dsp.harmonics(rng, GEARBOX_TEETH * phase, GEARBOX_TEETH * shaft, mesh_amps)
     # the mesh tones carry small sidebands at the shaft rate; misalignment makes them strong
     side = 0.06 * load + (0.12 * sev if fault == "misalignment" else 0.0)
-    orders = [_GEARBOX_TEETH * h + s for h in (1, 2) for s in (-2, -1, 1, 2)]
-    x += _harmonics(rng, phase, shaft, [side / abs(s) for h in (1, 2) for s in (-2, -1, 1, 2)], orders)
-    x += _harmonics(rng, phase, shaft, _vary(rng, [0.2, 0.1], 2.0))
+    orders = [GEARBOX_TEETH * h + s for h in (1, 2) for s in (-2, -1, 1, 2)]
+    x += dsp.harmonics(rng, phase, shaft, [side / abs(s) for h in (1, 2) for s in (-2, -1, 1, 2)], orders)
+    x += dsp.harmonics(rng, phase, shaft, dsp.vary(rng, [0.2, 0.1], 2.0))
     if fault == "tooth_crack":  # a cracked tooth knocks once per revolution
-        times = _pulse_times(rng, shaft, seconds, 0.01)
-        x += _ring(n, times, 0.7 * sev * rng.uniform(0.8, 1.2, times.shape), 2200.0, 0.006)
-    noise = _shaped_noise(rng, _band(f, 300, 5000, 1.5) * _bump(f, 1500.0, 0.7, 4.0), n)
+        times = dsp.pulse_times(rng, shaft, seconds, 0.01)
+        x += dsp.ring(n, times, 0.7 * sev * rng.uniform(0.8, 1.2, times.shape), 2200.0, 0.006)
+    noise = dsp.shaped_noise(rng, dsp.band(f, 300, 5000, 1.5) * dsp.bump(f, 1500.0, 0.7, 4.0), n)
     return x + 0.3 * load**0.5 * 10 ** (rng.normal(0, 1.0) / 20) * noise
 
 
 def _slider(rng: np.random.Generator, n: int, a: dict, fault: str | None, sev: float) -> np.ndarray:
-    f = _freqs(n)
+    f = dsp.freqs(n)
     vel, acc = float(a["vel"]), float(a["ac"])
     period = 1.2 * 500.0 / vel * (1 + 2 * _SPEED_SPREAD * rng.standard_normal())
     duty, ramp = 0.6, 0.3 / acc
     offset = rng.uniform(0, period)
-    moving = _gate(n, period, duty, offset, ramp)
-    inst = _speed(rng, n, 0.4 * vel * (1 + _SPEED_SPREAD * rng.standard_normal()), wander=0.006)
-    phase, motor = _phase(inst), float(inst.mean())
-    whine_amps = _vary(rng, [0.6, 0.4, 0.3, 0.2, 0.12, 0.08], 1.5)
-    x = _harmonics(rng, phase, motor, whine_amps)
+    moving = dsp.gate(n, period, duty, offset, ramp)
+    inst = dsp.speed(rng, n, 0.4 * vel * (1 + _SPEED_SPREAD * rng.standard_normal()), wander=0.006)
+    phase, motor = dsp.phase(inst), float(inst.mean())
+    whine_amps = dsp.vary(rng, [0.6, 0.4, 0.3, 0.2, 0.12, 0.08], 1.5)
+    x = dsp.harmonics(rng, phase, motor, whine_amps)
     if fault == "added_harmonic":  # a damaged ball screw: a tone between the whine harmonics
-        x += _harmonics(rng, phase, motor, [0.25 * sev, 0.13 * sev], [2.5, 3.5])
+        x += dsp.harmonics(rng, phase, motor, [0.25 * sev, 0.13 * sev], [2.5, 3.5])
     x *= 0.1 + moving  # the motor idles between strokes
     friction_band = (800.0, 5000.0)
     friction_level = 0.5 * (vel / 500.0) * 10 ** (rng.normal(0, 1.0) / 20)
     if fault == "dry_rail":  # no grease: the rail friction gets louder and rougher
         friction_band = (800.0 * (1 + 0.2 * sev), 5000.0 * (1 + 0.15 * sev))
         friction_level *= 1.0 + 0.25 * sev
-    friction = _shaped_noise(rng, _band(f, *friction_band, 1.5), n)
+    friction = dsp.shaped_noise(rng, dsp.band(f, *friction_band, 1.5), n)
     x += friction_level * moving * friction
-    starts, ends = _gate_edges(n, period, duty, offset)
+    starts, ends = dsp.gate_edges(n, period, duty, offset)
     knocks = np.concatenate([starts, ends])
-    x += _ring(n, knocks, 1.5 * rng.uniform(0.8, 1.2, knocks.shape), 1200.0, 0.01)
+    x += dsp.ring(n, knocks, 1.5 * rng.uniform(0.8, 1.2, knocks.shape), 1200.0, 0.01)
     if fault == "rubbing":  # moving-rail rubbing: scraping bursts while the slider moves
-        env = _bursts(rng, n, 6.0, 0.15, gate=moving)
-        x += 2.2 * sev * env * _shaped_noise(rng, _band(f, 2500, 7500, 2), n)
-    return x + 0.05 * _shaped_noise(rng, _tilt(f, -3.0), n)
+        env = dsp.bursts(rng, n, 6.0, 0.15, gate=moving)
+        x += 2.2 * sev * env * dsp.shaped_noise(rng, dsp.band(f, 2500, 7500, 2), n)
+    return x + 0.05 * dsp.shaped_noise(rng, dsp.tilt(f, -3.0), n)
 
 
 _TOYCAR_MODELS = {  # motor harmonic profile, gear whine ratio
@@ -354,34 +219,34 @@ _TOYCAR_MODELS = {  # motor harmonic profile, gear whine ratio
 
 
 def _toycar(rng: np.random.Generator, n: int, a: dict, fault: str | None, sev: float) -> np.ndarray:
-    f, seconds = _freqs(n), n / SAMPLE_RATE
+    f, seconds = dsp.freqs(n), n / SAMPLE_RATE
     volts = float(a["spd"].rstrip("V"))
     profile, gear_ratio = _TOYCAR_MODELS[a["car"]]
-    inst = _speed(rng, n, 8.0 * volts * (1 + _SPEED_SPREAD * rng.standard_normal()), wander=0.006, wow=0.004)
-    phase, motor = _phase(inst), float(inst.mean())
-    amps = _vary(rng, profile, 1.5)
+    inst = dsp.speed(rng, n, 8.0 * volts * (1 + _SPEED_SPREAD * rng.standard_normal()), wander=0.006, wow=0.004)
+    phase, motor = dsp.phase(inst), float(inst.mean())
+    amps = dsp.vary(rng, profile, 1.5)
     if fault == "motor_wear":  # worn brushes: a lost second harmonic, an added 1.5x tone and brush hiss
         amps[1] *= 1.0 - min(0.27 * sev, 0.95)
-    x = 0.5 * _harmonics(rng, phase, motor, amps)
+    x = 0.5 * dsp.harmonics(rng, phase, motor, amps)
     if fault == "motor_wear":
-        x += _harmonics(rng, phase, motor, [0.1 * sev], [1.5])
-        x += 0.045 * sev * _shaped_noise(rng, _band(f, 5000, 7800, 2), n)
-    gear = _harmonics(rng, gear_ratio * phase, gear_ratio * motor, _vary(rng, [0.3, 0.1], 2.0))
+        x += dsp.harmonics(rng, phase, motor, [0.1 * sev], [1.5])
+        x += 0.045 * sev * dsp.shaped_noise(rng, dsp.band(f, 5000, 7800, 2), n)
+    gear = dsp.harmonics(rng, gear_ratio * phase, gear_ratio * motor, dsp.vary(rng, [0.3, 0.1], 2.0))
     wheel = motor / 30.0
     if fault == "gear_damage":  # a chipped gear: sidebands on the gear whine and knocks at the gear rate
         gear *= 1.0 + 0.23 * sev * np.sin(phase / 6.0)
-        times = _pulse_times(rng, motor / 6.0, seconds, 0.02)
-        x += _ring(n, times, 0.38 * sev, 3000.0, 0.004)
+        times = dsp.pulse_times(rng, motor / 6.0, seconds, 0.02)
+        x += dsp.ring(n, times, 0.38 * sev, 3000.0, 0.004)
     x += gear
     tyre_level = 0.35 * 10 ** (rng.normal(0, 1.0) / 20)
-    tyre = _shaped_noise(rng, _band(f, 60, 1200, 1.5), n)
+    tyre = dsp.shaped_noise(rng, dsp.band(f, 60, 1200, 1.5), n)
     if fault == "tyre_damage":  # a flat spot: thumps at the wheel rate and a louder, modulated rolling noise
-        tyre *= 1.0 + 0.8 * sev * np.sin(_TWO_PI * wheel * np.arange(n) / SAMPLE_RATE) ** 2
-        times = _pulse_times(rng, wheel, seconds, 0.02)
-        x += _ring(n, times, 2.0 * sev, 350.0, 0.02)
+        tyre *= 1.0 + 0.8 * sev * np.sin(dsp.TWO_PI * wheel * np.arange(n) / SAMPLE_RATE) ** 2
+        times = dsp.pulse_times(rng, wheel, seconds, 0.02)
+        x += dsp.ring(n, times, 2.0 * sev, 350.0, 0.02)
     x += tyre_level * tyre
-    mic = {"1": np.ones_like(f), "2": 0.7 * _tilt(f, -2.0), "3": 0.8 * _bump(f, 2500.0, 0.6, 5.0)}[a["mic"]]
-    return _filter(x, mic)
+    mic = {"1": np.ones_like(f), "2": 0.7 * dsp.tilt(f, -2.0), "3": 0.8 * dsp.bump(f, 2500.0, 0.6, 5.0)}[a["mic"]]
+    return dsp.apply_filter(x, mic)
 
 
 _TOYTRAIN_CARS = {  # motor hum profile, wheel-click resonance Hz
@@ -392,32 +257,32 @@ _TOYTRAIN_CARS = {  # motor hum profile, wheel-click resonance Hz
 
 
 def _toytrain(rng: np.random.Generator, n: int, a: dict, fault: str | None, sev: float) -> np.ndarray:
-    f, seconds = _freqs(n), n / SAMPLE_RATE
+    f, seconds = dsp.freqs(n), n / SAMPLE_RATE
     speed = float(a["spd"])
     profile, click_res = _TOYTRAIN_CARS[a["car"]]
-    inst = _speed(rng, n, 25.0 * speed * (1 + _SPEED_SPREAD * rng.standard_normal()), wander=0.008)
-    phase, motor = _phase(inst), float(inst.mean())
-    amps = _vary(rng, profile, 1.5)
+    inst = dsp.speed(rng, n, 25.0 * speed * (1 + _SPEED_SPREAD * rng.standard_normal()), wander=0.008)
+    phase, motor = dsp.phase(inst), float(inst.mean())
+    amps = dsp.vary(rng, profile, 1.5)
     if fault == "motor_wear":
         amps[2] *= 1.0 - min(0.15 * sev, 0.95)  # a missing harmonic ...
-    x = 0.5 * _harmonics(rng, phase, motor, amps)
+    x = 0.5 * dsp.harmonics(rng, phase, motor, amps)
     if fault == "motor_wear":  # ... and an added one
-        x += _harmonics(rng, phase, motor, [0.065 * sev], [2.5])
+        x += dsp.harmonics(rng, phase, motor, [0.065 * sev], [2.5])
     # rail joints: two clicks per joint (two axles), at a rate set by the speed
-    joints = _pulse_times(rng, 0.9 * speed, seconds, 0.05)
+    joints = dsp.pulse_times(rng, 0.9 * speed, seconds, 0.05)
     clicks = np.concatenate([joints, joints + 0.5 / speed])
-    x += _ring(n, clicks, 2.0 * rng.uniform(0.7, 1.3, clicks.shape), click_res, 0.006)
+    x += dsp.ring(n, clicks, 2.0 * rng.uniform(0.7, 1.3, clicks.shape), click_res, 0.006)
     if fault == "flat_wheel":  # a flat wheel knocks once per wheel turn
-        times = _pulse_times(rng, 1.6 * speed, seconds, 0.02)
-        x += _ring(n, times, 0.92 * sev, 0.6 * click_res, 0.008)
-    roll = _shaped_noise(rng, _band(f, 80, 2500, 1.5), n)
+        times = dsp.pulse_times(rng, 1.6 * speed, seconds, 0.02)
+        x += dsp.ring(n, times, 0.92 * sev, 0.6 * click_res, 0.008)
+    roll = dsp.shaped_noise(rng, dsp.band(f, 80, 2500, 1.5), n)
     x += 0.3 * 10 ** (rng.normal(0, 1.0) / 20) * roll
     if fault == "flange_squeal":  # a flange rubbing the rail: squealing tonal bursts
-        env = _bursts(rng, n, 3.0, 0.25)
-        squeal = np.sin(_phase(_speed(rng, n, rng.uniform(3200, 4800), wander=0.02)))
+        env = dsp.bursts(rng, n, 3.0, 0.25)
+        squeal = np.sin(dsp.phase(dsp.speed(rng, n, rng.uniform(3200, 4800), wander=0.02)))
         x += 0.4 * sev * env * squeal
-    mic = {"1": np.ones_like(f), "2": 0.75 * _tilt(f, -1.5) * _bump(f, 600.0, 0.7, 4.0)}[a["mic"]]
-    return _filter(x, mic)
+    mic = {"1": np.ones_like(f), "2": 0.75 * dsp.tilt(f, -1.5) * dsp.bump(f, 600.0, 0.7, 4.0)}[a["mic"]]
+    return dsp.apply_filter(x, mic)
 
 
 _VALVE_PATTERNS = {  # cycle period s, open fraction
@@ -430,8 +295,9 @@ _VALVE_PATTERNS = {  # cycle period s, open fraction
 
 
 def _valve(rng: np.random.Generator, n: int, a: dict, fault: str | None, sev: float) -> np.ndarray:
-    f = _freqs(n)
-    x = _harmonics(rng, _phase(_speed(rng, n, 48.0)), 48.0, _vary(rng, [0.15, 0.1, 0.06, 0.04], 2.0))  # pump
+    f = dsp.freqs(n)
+    pump = dsp.phase(dsp.speed(rng, n, 48.0))
+    x = dsp.harmonics(rng, pump, 48.0, dsp.vary(rng, [0.15, 0.1, 0.06, 0.04], 2.0))
     stuck = rng.integers(2) if fault == "stuck" else -1
     for v, (pattern, band, clicks) in enumerate(
         [(a["v1pat"], (1500.0, 5000.0), (3500.0, 2600.0)), (a["v2pat"], (600.0, 2500.0), (2200.0, 1700.0))]
@@ -441,18 +307,18 @@ def _valve(rng: np.random.Generator, n: int, a: dict, fault: str | None, sev: fl
         if v == stuck:  # a sticking valve opens late and closes late: the open fraction drifts
             duty = min(duty + 0.25 * sev, 0.95)
         offset = rng.uniform(0, period)
-        gate = _gate(n, period, duty, offset, 0.01)
+        gate = dsp.gate(n, period, duty, offset, 0.01)
         lo, hi = band
         if fault == "orifice_wear" and v == 0:  # a worn orifice: the flow noise moves up or down
-            shift = 1.0 + _sign(rng) * 0.3 * sev
+            shift = 1.0 + dsp.random_sign(rng) * 0.3 * sev
             lo, hi = lo * shift, min(hi * shift, 7800.0)
-        flow = _shaped_noise(rng, _band(f, lo, hi, 2.0), n)
+        flow = dsp.shaped_noise(rng, dsp.band(f, lo, hi, 2.0), n)
         x += 0.5 * 10 ** (rng.normal(0, 1.0) / 20) * gate * flow
-        opens, closes = _gate_edges(n, period, duty, offset)
-        x += _ring(n, opens, 1.0 * rng.uniform(0.8, 1.2, opens.shape), clicks[0], 0.004)
-        x += _ring(n, closes, 1.5 * rng.uniform(0.8, 1.2, closes.shape), clicks[1], 0.005)
+        opens, closes = dsp.gate_edges(n, period, duty, offset)
+        x += dsp.ring(n, opens, 1.0 * rng.uniform(0.8, 1.2, opens.shape), clicks[0], 0.004)
+        x += dsp.ring(n, closes, 1.5 * rng.uniform(0.8, 1.2, closes.shape), clicks[1], 0.005)
         if fault == "leak" and v == 0:  # a contaminated seat leaks: hiss while the valve is shut
-            x += 0.15 * sev * (1.0 - gate) * _shaped_noise(rng, _band(f, 4000, 7500, 2.0), n)
+            x += 0.15 * sev * (1.0 - gate) * dsp.shaped_noise(rng, dsp.band(f, 4000, 7500, 2.0), n)
     return x
 
 
@@ -557,25 +423,27 @@ _HALLS = {  # the two recording halls: ventilation rumble centre Hz, noise tilt 
 }
 
 
-def _background(rng: np.random.Generator, n: int, domain: str) -> np.ndarray:
-    """Factory noise of the domain's hall: ventilation, neighbouring machines that come and go, clatter.
+def hall_noise(rng: np.random.Generator, n: int, domain: str) -> np.ndarray:
+    """Return the factory noise of the domain's hall: ventilation, neighbouring machines that come and go, clatter.
 
     The hall is fixed per domain (same neighbours, same ventilation); what varies clip to clip is how
     loud each part is, whether a neighbour runs, and when things clatter, as in a real recording session.
     The target hall differs from the source one in its rumble, colour and one neighbour, not in kind.
     """
-    f, seconds = _freqs(n), n / SAMPLE_RATE
+    f, seconds = dsp.freqs(n), n / SAMPLE_RATE
     rumble, tilt, neighbours = _HALLS["source" if domain == "source" else "target"]
-    bed = _shaped_noise(rng, _tilt(f, tilt + rng.normal(0.0, 0.3)) * _bump(f, rumble * (1 + 0.05 * rng.standard_normal()), 0.5, 6.0), n)
+    slope = dsp.tilt(f, tilt + rng.normal(0.0, 0.3))  # drawn before the rumble's centre: draw order fixes the bytes
+    bed = dsp.shaped_noise(rng, slope * dsp.bump(f, rumble * (1 + 0.05 * rng.standard_normal()), 0.5, 6.0), n)
     drift = np.interp(np.linspace(0.0, 4.0, n), np.arange(5), rng.normal(0.0, 1.5, 5))  # dB
     x = bed * 10 ** (drift / 20)
     for f0 in neighbours:
         if rng.random() < 0.7:  # the neighbour is running
-            hum = _harmonics(rng, _phase(_speed(rng, n, f0 * (1 + 0.01 * rng.standard_normal()))), f0, list(0.6 ** np.arange(8)))
+            inst = dsp.speed(rng, n, f0 * (1 + 0.01 * rng.standard_normal()))
+            hum = dsp.harmonics(rng, dsp.phase(inst), f0, list(0.6 ** np.arange(8)))
             x += 0.35 * 10 ** (rng.normal(0.0, 3.0) / 20) * hum / (hum.std() + 1e-12)
     times = rng.uniform(0.0, seconds, rng.poisson(1.0 * seconds))  # clatter, tools, footsteps
     if len(times):
-        clatter = _ring(n, times, rng.uniform(0.3, 1.0, len(times)), rng.uniform(600.0, 3000.0), 0.01)
+        clatter = dsp.ring(n, times, rng.uniform(0.3, 1.0, len(times)), rng.uniform(600.0, 3000.0), 0.01)
         x += 1.5 * clatter / (np.abs(clatter).max() + 1e-12)
     level = 0.03 * 10 ** (rng.normal(1.0 if domain != "source" else 0.0, 1.5) / 20)
     return level * x / (x.std() + 1e-12)
@@ -599,15 +467,18 @@ class PlannedClip:
 
     @property
     def attributes(self) -> dict[str, str]:
+        """Return the clip's true attributes, hidden ones included, by key."""
         return dict(zip(MACHINES[self.machine].keys, self.values))
 
     @property
     def name(self) -> str:
+        """Return the clip's file name (hidden attributes say noAttribute)."""
         shown = {} if MACHINES[self.machine].hidden else self.attributes
         return format_name(self.domain, self.split, self.label, self.index, shown)
 
     @property
     def rel(self) -> str:
+        """Return the clip's path under the data root: <machine>/<split>/<name>."""
         return f"{self.machine}/{self.split}/{self.name}"
 
 
@@ -627,7 +498,8 @@ def plan_clips(machine: str, sizes: SynthSizes) -> list[PlannedClip]:
     return clips
 
 
-def _clip_rng(seed: int, clip: PlannedClip, extra: Sequence[int] = ()) -> np.random.Generator:
+def clip_rng(seed: int, clip: PlannedClip, extra: Sequence[int] = ()) -> np.random.Generator:
+    """Return a clip's Generator, seeded by (seed, machine, split, domain, label, index) and then `extra`."""
     key = [
         seed,
         DEV_MACHINES.index(clip.machine),
@@ -645,7 +517,7 @@ def render_clip(clip: PlannedClip, seed: int, seconds: float, hall: bool = True)
     `hall=False` leaves out the factory noise of the domain's hall: the machine alone, as recorded.
     """
     machine, noise = render_parts(clip, seed, seconds, hall=hall)
-    return to_pcm16(machine if noise is None else machine + noise)
+    return dsp.to_pcm16(machine if noise is None else machine + noise)
 
 
 def render_parts(
@@ -659,7 +531,7 @@ def render_parts(
     With the defaults this is exactly what `render_clip` mixes.
     """
     spec = MACHINES[clip.machine]
-    rng = _clip_rng(seed, clip, key)
+    rng = clip_rng(seed, clip, key)
     n = int(round(seconds * SAMPLE_RATE))
     sev = spec.level * rng.uniform(0.5, 1.5) if clip.fault else 0.0
     if speed == 1.0:
@@ -670,22 +542,39 @@ def render_parts(
         x = resample_poly(rendered, ratio.denominator, ratio.numerator)[:n]  # its anti-alias filter keeps 8 kHz clean
         x = np.pad(x, (0, n - len(x)))
     x = spec.gain * 10 ** (rng.normal(0, 1.0) / 20) * x
-    return x, (_background(rng, n, clip.domain) if hall else None)
+    return x, (hall_noise(rng, n, clip.domain) if hall else None)
 
 
-def to_pcm16(x: np.ndarray) -> np.ndarray:
-    """Return float samples as int16 after the soft limiter (how every clip is written)."""
-    return np.round(_limit(x) * 32767.0).astype(np.int16)
+def check_request(out: Path, machines: Sequence[str], seed: int, sizes: SynthSizes, supplemental: int = 0) -> None:
+    """Raise AsdError (naming `out`) unless the machine types are known and not none, the seed and the sizes sane.
+
+    `supplemental` is the other layouts' count of 2025 supplemental clips (`asdtool.data.synth.layouts`), 0 here.
+    """
+    unknown = [m for m in machines if m not in MACHINES]
+    if unknown:
+        raise AsdError(f"unknown machine type {', '.join(unknown)} (choose from {', '.join(DEV_MACHINES)})", out)
+    if not machines:
+        raise AsdError("no machine types to generate", out)
+    if seed < 0:
+        raise AsdError(f"seed must be 0 or more, got {seed}", out)
+    if not sizes.seconds >= 0.1 or sizes.seconds > 600:
+        raise AsdError(f"clip length must lie between 0.1 and 600 seconds, got {sizes.seconds}", out)
+    if sizes.source_train < 1 or sizes.target_train < 0 or sizes.test_per_domain < 0 or supplemental < 0:
+        raise AsdError("need at least 1 source training clip and no negative clip counts", out)
 
 
-def _limit(x: np.ndarray, knee: float = 0.8) -> np.ndarray:
-    """Soft limiter: identity below `knee`, smoothly saturating to full scale above (no hard clipping)."""
-    over = np.abs(x) > knee
-    if over.any():
-        x = x.copy()
-        head = 1.0 - knee
-        x[over] = np.sign(x[over]) * (knee + head * np.tanh((np.abs(x[over]) - knee) / head))
-    return x
+def move_into_place(staging: Path, out: Path, machines: Sequence[str]) -> None:
+    """Move a complete staging folder to `out`: whole when `out` is new, else its machine folders and hidden attributes.
+
+    Machine folders of `out` not in `machines` stay as they are; a staged hidden_attributes.csv replaces `out`'s.
+    """
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    for machine in machines:
+        replace_dir(staging / machine, out / machine)
+    if (staging / HIDDEN_ATTRIBUTES_FILE).exists():
+        os.replace(staging / HIDDEN_ATTRIBUTES_FILE, out / HIDDEN_ATTRIBUTES_FILE)
 
 
 def synthesize(
@@ -704,17 +593,7 @@ def synthesize(
     """
     out = Path(out)
     machines = list(dict.fromkeys(machines))
-    unknown = [m for m in machines if m not in MACHINES]
-    if unknown:
-        raise AsdError(f"unknown machine type {', '.join(unknown)} (choose from {', '.join(DEV_MACHINES)})", out)
-    if not machines:
-        raise AsdError("no machine types to generate", out)
-    if seed < 0:
-        raise AsdError(f"seed must be 0 or more, got {seed}", out)
-    if not sizes.seconds >= 0.1 or sizes.seconds > 600:
-        raise AsdError(f"clip length must lie between 0.1 and 600 seconds, got {sizes.seconds}", out)
-    if sizes.source_train < 1 or sizes.target_train < 0 or sizes.test_per_domain < 0:
-        raise AsdError("need at least 1 source training clip and no negative clip counts", out)
+    check_request(out, machines, seed, sizes)
     if out.exists() and not out.is_dir():
         raise AsdError("output exists and is not a folder", out)
     existing = [m for m in machines if (out / m).exists()]
@@ -747,13 +626,7 @@ def synthesize(
         if hidden_rows:  # canonical order: the file does not depend on the order machines were asked for
             hidden_rows.sort(key=lambda r: (DEV_MACHINES.index(r[0]) if r[0] in DEV_MACHINES else len(DEV_MACHINES), r))
             write_hidden_rows(staging / HIDDEN_ATTRIBUTES_FILE, hidden_rows)
-        if not out.exists():
-            os.replace(staging, out)
-        else:
-            for machine in machines:
-                replace_dir(staging / machine, out / machine)
-            if hidden_rows:
-                os.replace(staging / HIDDEN_ATTRIBUTES_FILE, hidden_path)
+        move_into_place(staging, out, machines)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
@@ -768,36 +641,3 @@ def synthesize(
         for m in machines
     }
     return SynthSummary(out=out, seed=seed, sizes=sizes, counts=counts)
-
-
-# --------------------------------------------------------------------------------------------------
-# Reference detector
-
-
-# --------------------------------------------------------------------------------------------------
-# Public signal primitives and dev constants, for other generators (asdtool.data.synth.corpus).
-# Plain aliases of the functions above: the dev set's clips stay byte-identical.
-
-freqs = _freqs
-shaped_noise = _shaped_noise
-band = _band
-tilt = _tilt
-bump = _bump
-apply_filter = _filter
-speed = _speed
-phase = _phase
-harmonics = _harmonics
-vary = _vary
-pulse_times = _pulse_times
-ring = _ring
-bursts = _bursts
-gate = _gate
-gate_edges = _gate_edges
-soft_limit = _limit
-NYQUIST_GUARD = _NYQUIST_GUARD
-clip_rng = _clip_rng  # a clip's Generator: (seed, clip identity) plus an optional key extension
-hall_noise = _background  # the factory noise of a domain's hall, alone
-
-# the dev machines' fixed signatures, which a generator of other sounds must stay away from
-FAN_MODELS = _FAN_MODELS  # fan model -> (blade count, rotation Hz, flow-noise centre Hz)
-GEARBOX_TEETH = _GEARBOX_TEETH

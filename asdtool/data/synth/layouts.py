@@ -46,7 +46,6 @@ microphone (left) hears machine and hall as the mono years mix them, plus that s
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +56,22 @@ import soundfile as sf
 from scipy.signal import fftconvolve
 
 from asdtool.core.atomic import replace_dir, staging_dir
-from asdtool.data.synth import dev as synth
 from asdtool.data.audio import SAMPLE_RATE
 from asdtool.data.dcase import DEV_MACHINES, DOMAINS, format_attributes, format_name, write_attribute_csv
 from asdtool.data.hidden import CORRESPONDENCE_HEADER, HIDDEN_ATTRIBUTES_FILE, read_hidden_rows, write_hidden_rows
 from asdtool.data.layouts import NO_ATTRIBUTE, SUPPLEMENTAL, YEAR_GRAMMAR, YEARS
-from asdtool.data.synth.dev import MACHINES, PlannedClip, SynthSizes, plan_clips
+from asdtool.data.synth import dsp
+from asdtool.data.synth.dev import (
+    MACHINES,
+    PlannedClip,
+    SynthSizes,
+    check_request,
+    clip_rng,
+    hall_noise,
+    move_into_place,
+    plan_clips,
+    render_parts,
+)
 from asdtool.core.errors import AsdError
 
 SECTION_SPEED_STEP = 0.05  # section NN runs the machine (1 + 0.05 NN) times faster
@@ -93,9 +102,11 @@ class YearLayout:
 
     @property
     def grammar(self) -> str:
+        """Return the year's file-name grammar (`asdtool.data.layouts.YEAR_GRAMMAR`)."""
         return YEAR_GRAMMAR[self.year]
 
     def sections(self, eval_set: bool) -> tuple[str, ...]:
+        """Return the section numbers of the eval set, or of the dev set."""
         return self.eval_sections if eval_set else self.dev_sections
 
 
@@ -128,14 +139,17 @@ class LayoutClip:
 
     @property
     def machine(self) -> str:
+        """Return the clip's machine type."""
         return self.clip.machine
 
     @property
     def rel(self) -> str:
+        """Return the file's path under the data root: <machine>/<folder>/<name>."""
         return f"{self.machine}/{self.folder}/{self.name}"
 
     @property
     def eval_test(self) -> bool:
+        """Return whether this is an unlabelled eval test clip (one with a renamed name)."""
         return bool(self.renamed)
 
 
@@ -153,6 +167,7 @@ class LayoutSummary:
 
     @property
     def total(self) -> int:
+        """Return the number of files written, supplemental clips included."""
         return sum(sum(c.values()) for sections in self.counts.values() for c in sections.values())
 
 
@@ -284,25 +299,25 @@ def render_layout_clip(item: LayoutClip, year: str, eval_set: bool, seed: int, s
     key = [int(year), int(eval_set), int(item.section), _STREAMS[item.kind]]
     n = int(round(seconds * SAMPLE_RATE))
     if item.kind == "noise":  # the hall alone, no machine
-        return synth.to_pcm16(synth.hall_noise(synth.clip_rng(seed, clip, key), n, clip.domain))
-    machine, hall = synth.render_parts(clip, seed, seconds, hall=item.kind == "clip", key=key,
-                                       speed=section_speed(item.section))  # fmt: skip
+        return dsp.to_pcm16(hall_noise(clip_rng(seed, clip, key), n, clip.domain))
+    speed = section_speed(item.section)
+    machine, hall = render_parts(clip, seed, seconds, hall=item.kind == "clip", key=key, speed=speed)
     if hall is None:
-        return synth.to_pcm16(machine)
+        return dsp.to_pcm16(machine)
     if not layout.stereo:
-        return synth.to_pcm16(machine + hall)
-    far_rng = synth.clip_rng(seed, clip, key[:-1] + [_STREAMS["far"]])
+        return dsp.to_pcm16(machine + hall)
+    far_rng = clip_rng(seed, clip, key[:-1] + [_STREAMS["far"]])
     condition = dict(item.attributes)["noise"]
     source = _extra_noise_source(far_rng, n, condition)
     near = machine + hall + 10 ** (NEAR_SOURCE_DB / 20) * source
     far = _far_microphone(far_rng, machine) + hall + source
-    return np.stack([synth.to_pcm16(near), synth.to_pcm16(far)], axis=1)  # (n, 2): left near, right far
+    return np.stack([dsp.to_pcm16(near), dsp.to_pcm16(far)], axis=1)  # (n, 2): left near, right far
 
 
 def _far_microphone(rng: np.random.Generator, machine: np.ndarray) -> np.ndarray:
     """Return the machine as a microphone a few metres away hears it: quieter, duller, with the room's tail."""
     n = len(machine)
-    x = synth.apply_filter(machine, synth.band(synth.freqs(n), 20.0, FAR_LOWPASS_HZ, 1.0))
+    x = dsp.apply_filter(machine, dsp.band(dsp.freqs(n), 20.0, FAR_LOWPASS_HZ, 1.0))
     t = np.arange(int(0.15 * SAMPLE_RATE)) / SAMPLE_RATE
     tail = rng.standard_normal(len(t)) * np.exp(-t / 0.035)  # about 0.25 s reverberation time
     tail[0] = 0.0
@@ -313,15 +328,15 @@ def _far_microphone(rng: np.random.Generator, machine: np.ndarray) -> np.ndarray
 
 def _extra_noise_source(rng: np.random.Generator, n: int, condition: str) -> np.ndarray:
     """Return the noise condition's extra source as the far microphone hears it (the near one 12 dB lower)."""
-    f = synth.freqs(n)
+    f = dsp.freqs(n)
     if condition == "1":  # a ventilation unit near the far microphone: steady mid-band noise
-        x = synth.shaped_noise(rng, synth.band(f, 100.0, 3000.0, 1.0) * synth.bump(f, 450.0, 0.6, 6.0), n)
+        x = dsp.shaped_noise(rng, dsp.band(f, 100.0, 3000.0, 1.0) * dsp.bump(f, 450.0, 0.6, 6.0), n)
         level = 0.03
     else:  # a compressor that cycles: hum harmonics and hiss, on and off
         f0 = 37.0 * (1 + 0.01 * rng.standard_normal())
-        hum = synth.harmonics(rng, synth.phase(synth.speed(rng, n, f0)), f0, list(0.7 ** np.arange(10)))
-        hiss = synth.shaped_noise(rng, synth.band(f, 1500.0, 6000.0, 2.0), n)
-        x = (hum / (hum.std() + 1e-12) + 0.6 * hiss) * (0.3 + synth.bursts(rng, n, 1.5, 0.4))
+        hum = dsp.harmonics(rng, dsp.phase(dsp.speed(rng, n, f0)), f0, list(0.7 ** np.arange(10)))
+        hiss = dsp.shaped_noise(rng, dsp.band(f, 1500.0, 6000.0, 2.0), n)
+        x = (hum / (hum.std() + 1e-12) + 0.6 * hiss) * (0.3 + dsp.bursts(rng, n, 1.5, 0.4))
         level = 0.05
     return level * 10 ** (rng.normal(0.0, 1.0) / 20) * x / (x.std() + 1e-12)
 
@@ -418,22 +433,6 @@ def _counts(plan: Sequence[LayoutClip]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _check_options(out: Path, year: str, seed: int, sizes: SynthSizes, machines: list[str], supplemental: int) -> None:
-    if year not in YEAR_LAYOUTS:
-        raise AsdError(f"unknown layout {year!r}; choose one of {', '.join(YEARS)}", out)
-    unknown = [m for m in machines if m not in MACHINES]
-    if unknown:
-        raise AsdError(f"unknown machine type {', '.join(unknown)} (choose from {', '.join(DEV_MACHINES)})", out)
-    if not machines:
-        raise AsdError("no machine types to generate", out)
-    if seed < 0:
-        raise AsdError(f"seed must be 0 or more, got {seed}", out)
-    if not sizes.seconds >= 0.1 or sizes.seconds > 600:
-        raise AsdError(f"clip length must lie between 0.1 and 600 seconds, got {sizes.seconds}", out)
-    if sizes.source_train < 1 or sizes.target_train < 0 or sizes.test_per_domain < 0 or supplemental < 0:
-        raise AsdError("need at least 1 source training clip and no negative clip counts", out)
-
-
 def synthesize_layout(
     out: Path,
     year: str,
@@ -457,7 +456,9 @@ def synthesize_layout(
     out = Path(out)
     machines = list(dict.fromkeys(machines))
     count = SUPPLEMENTAL_CLIPS if supplemental is None else supplemental
-    _check_options(out, year, seed, sizes, machines, count)
+    if year not in YEAR_LAYOUTS:
+        raise AsdError(f"unknown layout {year!r}; choose one of {', '.join(YEARS)}", out)
+    check_request(out, machines, seed, sizes, count)
     if supplemental is not None and not YEAR_LAYOUTS[year].supplemental:
         raise AsdError(f"supplemental clips are a 2025 layout feature, not {year}'s", out)
     gt = default_ground_truth_folder(out) if ground_truth is None else Path(ground_truth)
@@ -503,15 +504,9 @@ def synthesize_layout(
         kept_hidden = [r for r in read_hidden_rows(hidden_path) if r[0] not in machines] if hidden_path.exists() else []
         if kept_hidden:
             write_hidden_rows(staging / HIDDEN_ATTRIBUTES_FILE, kept_hidden)
-        if not out.exists():
-            os.replace(staging, out)
-        else:
-            for machine in machines:
-                replace_dir(staging / machine, out / machine)
-            if kept_hidden:
-                os.replace(staging / HIDDEN_ATTRIBUTES_FILE, hidden_path)
-            elif hidden_path.exists():
-                hidden_path.unlink()
+        move_into_place(staging, out, machines)
+        if not kept_hidden and hidden_path.exists():
+            hidden_path.unlink()
         if gt_staging is not None:
             replace_dir(gt_staging, gt)
     finally:

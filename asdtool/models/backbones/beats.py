@@ -128,11 +128,13 @@ class _GradMultiply(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale):
+        """Return a copy of x; keep `scale` for backward."""
         ctx.scale = scale
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
+        """Return the gradient times `scale` (and no gradient for `scale`)."""
         return grad * ctx.scale, None
 
 
@@ -144,6 +146,7 @@ class SamePad(nn.Module):
         self.remove = 1 if kernel_size % 2 == 0 else 0
 
     def forward(self, x):  # (B, C, T + remove) -> (B, C, T)
+        """Return x without its last frame when the kernel size is even."""
         return x[:, :, : -self.remove] if self.remove else x
 
 
@@ -200,6 +203,7 @@ class MultiheadAttention(nn.Module):
             self.grep_a = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
 
     def forward(self, x, position_bias=None):  # (B, T, C), (H, T, T) or (B, H, T, T) -> (B, T, C)
+        """Return self-attention of x (B, T, C), same shape, with `position_bias` added to the scores (gated per query)."""
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
@@ -257,9 +261,11 @@ class EncoderLayer(nn.Module):
         self.alpha = (2 * cfg.encoder_layers) ** 0.25 if cfg.deep_norm else 1.0
 
     def mlp(self, x):
+        """Return the feed-forward transform of x (fc1, activation, fc2, with dropout), same shape."""
         return self.dropout(self.fc2(self.activation_dropout(self.activation(self.fc1(x)))))
 
     def forward(self, x, position_bias=None):  # (B, T, C) -> (B, T, C)
+        """Return the layer output for x (B, T, C): pre-LN residuals, or post-LN ones with the input scaled by deep-norm's alpha."""
         if self.layer_norm_first:
             x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x), position_bias))
             return x + self.mlp(self.final_layer_norm(x))

@@ -72,6 +72,7 @@ def sincos_position_table(embed_dim: int, rows: int, cols: int) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection; fused SDPA or the reference math path (fp32 softmax)."""
     def __init__(self, cfg: EATConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
@@ -94,6 +95,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The block's feed-forward network: Linear to embed_dim * mlp_ratio, GELU, Linear back."""
     def __init__(self, cfg: EATConfig):
         super().__init__()
         hidden = int(cfg.embed_dim * cfg.mlp_ratio)
@@ -131,6 +133,10 @@ class Block(nn.Module):
 
 
 class EAT(nn.Module):
+    """The EAT encoder: 16 kHz waves (B, T) -> tokens (B, 1 + patches, D), CLS first.
+
+    Kaldi fbank, patch embedding plus the fixed sin-cos positions, CLS token, LayerNorm, post-norm blocks.
+    """
     def __init__(self, cfg: EATConfig):
         super().__init__()
         if cfg.embed_dim % cfg.num_heads or cfg.embed_dim % 4 or cfg.n_mels % cfg.patch_size:
@@ -316,6 +322,7 @@ def _check_against(model: EAT, state: dict[str, torch.Tensor], table: dict[str, 
     expected = model.state_dict()
 
     def name(key):  # the key as the checkpoint spells it
+        """Return `key` as the checkpoint's own layout spells it."""
         for dst, src in foreign.items():
             if key == dst or (dst.endswith(".") and key.startswith(dst)):
                 return src + key[len(dst) :]

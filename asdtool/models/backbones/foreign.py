@@ -144,7 +144,9 @@ def _restricted_pickle() -> types.ModuleType:
     allowed, foreign, calls = _allowed_globals(), {}, []
 
     class Unpickler(pickle.Unpickler):
+        """Unpickler whose globals come from the allowlist and the stand-ins; any other class loads as an inert marker."""
         def find_class(self, module, name):
+            """Return the object a pickled global names: an allowed one, a stand-in, or an inert `_Foreign` class (one per name)."""
             if module in ("__builtin__", "copy_reg"):  # protocol 2 writes Python 2 names
                 module = "builtins" if module == "__builtin__" else "copyreg"
                 name = {"long": "int", "unicode": "str"}.get(name, name)

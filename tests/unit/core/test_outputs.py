@@ -21,6 +21,7 @@ from asdtool.core import outputs
 from asdtool.core.atomic import atomic_dir, atomic_path, clean_leftovers
 from asdtool.cli import main
 from asdtool.core.errors import AsdError
+from asdtool.detect.settings import DetectorSettings
 
 MACHINES = ["fan", "valve"]
 USER_BYTES = b"the user's own content, nothing asdtool wrote\n"
@@ -127,7 +128,7 @@ def test_an_interrupted_atomic_write_leaves_nothing(tmp_path):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     """Tiny inputs of every command: a dev set, a 2-step model, its store, scores, metrics, a bundle and a score log."""
-    from asdtool.deploy.bundle import export_bundle
+    from asdtool.deploy.export import export_bundle
     from asdtool.config.stages import FinetuneConfig
     from asdtool.data.synth.dev import SynthSizes, synthesize
     from asdtool.detect.knn import detect_to_folder
@@ -142,7 +143,7 @@ def world(tmp_path_factory) -> dict:
     finetune(FinetuneConfig(data_root=data, out=model, steps=2, batch_size=8, seconds=0.5, warmup=1, seed=0, threads=1))
     embed_to_store(model, data, base / "emb.h5", batch_size=16)
     detect_to_folder(base / "emb.h5", base / "scores")
-    detect_to_folder(base / "emb.h5", base / "scores2", k=2)
+    detect_to_folder(base / "emb.h5", base / "scores2", DetectorSettings(k=2))
     (base / "metrics").mkdir()
     evaluate_folder(base / "scores", data_root=data, out=base / "metrics" / "m.json")
     export_bundle([model], [base / "emb.h5"], base / "b.asd")

@@ -317,7 +317,7 @@ def test_score_hop_shorter_than_a_sample_names_the_sample(tmp_path):
 
 
 def test_score_recordings_names_the_sample_too():
-    from asdtool.deploy.bundle import score_recordings
+    from asdtool.deploy.scoring import score_recordings
 
     with pytest.raises(AsdError) as err:
         score_recordings(SimpleNamespace(seconds=1.0), [], hop=0.00002)  # rounds to 0 samples

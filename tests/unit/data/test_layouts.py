@@ -14,6 +14,7 @@ import pytest
 
 from asdtool.data import dcase, layouts
 from asdtool.detect.knn import detect_store
+from asdtool.detect.settings import DetectorSettings
 from asdtool.core.errors import AsdError
 from asdtool.evaluate.metrics import evaluate_scores, summarize, truth_from_folder
 from asdtool.data.store import Group, Store, StoreMeta
@@ -168,7 +169,7 @@ def test_each_section_is_scored_against_its_own_training_clips():
     test = _group(["section_01_source_test_anomaly_0000_a_1.wav", "section_01_source_test_normal_0000_a_1.wav"],
                   [0, 0], [1, 0], np.array([[1, 0.0], [0, 1.0]]))  # fmt: skip
     store = Store(Path("x.h5"), "embeddings", StoreMeta(model="m"), {("fan", "train"): train, ("fan", "test"): test})
-    result = detect_store(store, smote_ratio=0)
+    result = detect_store(store, DetectorSettings(smote_ratio=0))
     scores = result.scores[("fan", "test")].values
     assert scores[0] == pytest.approx(1.0, abs=1e-6) and scores[1] == pytest.approx(0.0, abs=1e-6)
     assert set(result.machines) == {"fan/section_00", "fan/section_01"}

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, ks_2samp
 
-from asdtool.deploy.bundle import LOG_BUNDLE, LOG_HEADER, LOG_SCORES, Bundle, RecordingScore, append_log
+from asdtool.deploy.bundle import Bundle, RecordingScore
+from asdtool.deploy.scorelog import LOG_BUNDLE, LOG_HEADER, LOG_SCORES, append_log
 from asdtool.deploy.drift import (BIN_WINDOWS, DRIFTING, NO_DATA, QUANTILES, STABLE, drift_report, iso_time, plot_drift,
                            read_log, report_json, share_bins)  # fmt: skip
 from asdtool.core.errors import AsdError

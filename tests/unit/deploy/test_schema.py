@@ -15,24 +15,18 @@ from pathlib import Path
 import pytest
 
 from asdtool.deploy import schema as bundle_schema
-from asdtool.deploy.bundle import (
-    META_KEY,
-    SIGNATURE_CONTEXT,
-    SIGNATURE_KEY,
-    content_sha256,
-    export_bundle,
-    load_bundle,
-    read_bundle_meta,
-    read_key,
-    recording_of,
-    score_recordings,
-)
+from asdtool.deploy.bundle import META_KEY, SIGNATURE_CONTEXT, SIGNATURE_KEY, content_sha256, read_key
+from asdtool.deploy.export import export_bundle
+from asdtool.deploy.inputs import recording_of
+from asdtool.deploy.load import load_bundle, read_bundle_meta
+from asdtool.deploy.scoring import score_recordings
 from asdtool.config.stages import FinetuneConfig
 from asdtool.data.audio import read_channels
 from asdtool.data.synth.dev import SynthSizes, synthesize
 from asdtool.detect.embed import embed_to_store
 from asdtool.core.errors import AsdError
 from asdtool.train.finetune import finetune
+from asdtool.detect.settings import DetectorSettings
 
 from tests.conftest import run_asdtool
 
@@ -56,7 +50,7 @@ def fitted(tmp_path_factory) -> dict:
     out = {"base": base, "data": data, "model": model, "store": base / "full.h5", "key": key, "other": other}
     for name, sign in (("plain", None), ("signed", key)):
         out[name] = base / f"{name}.asd"
-        export_bundle([model], [base / "full.h5"], out[name], normalise="domain-z", sign_key=sign)
+        export_bundle([model], [base / "full.h5"], out[name], settings=DetectorSettings(normalise="domain-z"), sign_key=sign)
     out["system"] = base / "system.asd"
     export_bundle([model, model], [base / "full.h5", base / "full.h5"], out["system"], weights=[0.5, 0.5])
     return out
@@ -374,9 +368,11 @@ def test_export_names_its_members_in_the_weight_count(fitted, tmp_path):
 def test_export_refuses_to_write_a_bundle_the_loader_would_refuse(fitted, tmp_path):
     out = tmp_path / "x.asd"
     with pytest.raises(AsdError) as exc:
-        export_bundle([fitted["model"]], [fitted["store"]], out, k=2.0)
-    assert str(exc.value) == f"{out}: would be an invalid bundle: detector.k must be an integer, got 2.0"
+        export_bundle([fitted["model"]], [fitted["store"]], out, settings=DetectorSettings(smote_ratio=5000.0))
+    assert str(exc.value) == f"{out}: would be an invalid bundle: detector.smote_ratio must be at most 1000, got 5000.0"
     assert not out.exists()
+    with pytest.raises(AsdError, match=r"^k must be 1 or more, got 2.0$"):  # a library caller's k=2.0: refused when made
+        DetectorSettings(k=2.0)
 
 
 def test_the_schema_knows_detects_normalisations():

@@ -15,8 +15,12 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from asdtool import __version__
-from asdtool.deploy.bundle import (LOG_HEADER, LOG_SCORES, Bundle, Recording, export_bundle, load_bundle, recording_of,
-                            score_recordings)  # fmt: skip
+from asdtool.deploy.bundle import Bundle
+from asdtool.deploy.export import export_bundle
+from asdtool.deploy.inputs import Recording, recording_of
+from asdtool.deploy.load import load_bundle
+from asdtool.deploy.scorelog import LOG_HEADER, LOG_SCORES
+from asdtool.deploy.scoring import score_recordings
 from asdtool.config.stages import FinetuneConfig
 from asdtool.data.audio import read_channels
 from asdtool.data.synth.dev import SynthSizes, synthesize

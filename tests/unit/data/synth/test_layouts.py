@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from asdtool.cli import app, main
 from asdtool.data import layouts
-from asdtool.data.synth import dev as synth, layouts as synth_layouts
+from asdtool.data.synth import dev as synth, dsp, layouts as synth_layouts
 from asdtool.data.dcase import NO_ATTRIBUTE, Reading, read_attribute_csv, scan
 from asdtool.data.synth.dev import SynthSizes, synthesize
 from asdtool.data.synth.layouts import (
@@ -175,9 +175,9 @@ def test_supplemental_clips_are_the_machine_alone_and_the_hall_alone(written):
     noise_only, _ = sf.read(out / "fan" / "supplemental" / "section_00_noise_0001_.wav", dtype="int16")
     clip = items["section_00_machine_0001_.wav"].clip
     machine, _ = synth.render_parts(clip, 0, TINY.seconds, hall=False, key=[2025, 0, 0, 1])
-    assert np.array_equal(machine_only, synth.to_pcm16(machine))
+    assert np.array_equal(machine_only, dsp.to_pcm16(machine))
     hall = synth.hall_noise(synth.clip_rng(0, items["section_00_noise_0001_.wav"].clip, [2025, 0, 0, 2]), 8000, "source")
-    assert np.array_equal(noise_only, synth.to_pcm16(hall))
+    assert np.array_equal(noise_only, dsp.to_pcm16(hall))
     # the fan's blade-pass tone (5 blades x 22 Hz) stands out of the machine alone, not of the hall alone
     def tone(x):
         spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
@@ -235,7 +235,7 @@ def test_each_section_and_set_draws_its_own_clips():
     clip = synth.plan_clips("fan", TINY)[0]
     default = synth.render_clip(clip, 0, TINY.seconds)
     keys = ([2022, 0, 0, 0], [2022, 0, 1, 0], [2023, 0, 0, 0], [2023, 1, 0, 0])
-    waves = [synth.to_pcm16(sum(synth.render_parts(clip, 0, TINY.seconds, key=k))) for k in keys]
+    waves = [dsp.to_pcm16(sum(synth.render_parts(clip, 0, TINY.seconds, key=k))) for k in keys]
     for i, a in enumerate(waves):
         assert not np.array_equal(a, default)
         assert all(not np.array_equal(a, b) for b in waves[i + 1:])
@@ -377,7 +377,7 @@ def test_default_without_layout_is_the_embedded_set_unchanged(tmp_path):
     assert not (tmp_path / "cli-ground-truth").exists()
     clip = synth.plan_clips("gearbox", TINY)[5]  # the mono renderer is the parts, mixed and limited
     machine, hall = synth.render_parts(clip, 0, 0.5)
-    assert np.array_equal(synth.render_clip(clip, 0, 0.5), synth.to_pcm16(machine + hall))
+    assert np.array_equal(synth.render_clip(clip, 0, 0.5), dsp.to_pcm16(machine + hall))
 
 
 def test_command_writes_a_layout_and_says_where_the_truth_went(tmp_path):
