@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -136,6 +138,8 @@ def finetune(cfg: FinetuneConfig, on_step: Callable[[dict], None] | None = None)
         set_rng_state(saved["rng"])
     else:
         torch.manual_seed(cfg.seed + 1)  # training randomness (masks, dropout) after the build
+        random.seed(cfg.seed + 1)  # the global RNGs nothing here draws from but every checkpoint records:
+        np.random.seed(cfg.seed + 1)  # seeded, so that the same run writes the same bytes
     train_model: nn.Module = model
     if d.world > 1:
         train_model = nn.parallel.DistributedDataParallel(

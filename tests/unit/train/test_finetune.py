@@ -120,6 +120,24 @@ def test_each_recipe_trains_and_its_loss_falls(data, tmp_path, recipe):
         assert summary["classes"] == len(fan_classes) + 3 + 3  # fan's attribute sets + 3 pseudo classes each
 
 
+def test_the_same_run_writes_the_same_checkpoint_bytes_whatever_the_global_rngs_held(data, tmp_path):
+    import random
+
+    import numpy as np
+
+    import shutil
+
+    cfg = tiny(steps=3, batch_size=8, backbone="beats")
+    written = []
+    for draws in (1, 7):  # the global RNGs as whatever ran before left them
+        random.seed(draws)
+        np.random.seed(draws)
+        fit(cfg, data, tmp_path / "m")  # the same --out: it is part of the recorded config
+        written.append((tmp_path / "m" / "checkpoint.pt").read_bytes())
+        shutil.rmtree(tmp_path / "m")
+    assert written[0] == written[1]
+
+
 def test_lora_changes_only_adapters_and_head(data, tmp_path):
     cfg = tiny(backbone="beats", lora_rank=4, steps=3)
     before = {k: v.clone() for k, v in checkpoint.build_model(cfg, 4).state_dict().items()}
