@@ -33,3 +33,21 @@ def write_toy_store(path: Path, dataset: dcase.Dataset, **kw) -> Path:
     meta = store.StoreMeta(model="toy", checkpoint_sha256="c" * 64, clips_sha256=store.clips_sha256(dataset.clips))
     store.write_embeddings(path, meta, toy_embeddings(dataset, **kw))
     return path
+
+
+def tiny_model(base: Path, seed: int, sizes: SynthSizes, steps: int, warmup: int, machines=("fan", "valve"),
+               model: str = "model", store: str = "emb.h5", **finetune_options) -> tuple[Path, Path, Path]:
+    """Write a synthetic dev set to base/dev, fine-tune a tiny BEATs on it and embed it; return (data, model, store).
+
+    One thread and seed 0, so that every test that builds one gets the same bytes.
+    """
+    from asdtool.config.stages import FinetuneConfig
+    from asdtool.detect.embed import embed_to_store
+    from asdtool.train.finetune import finetune
+
+    data = base / "dev"
+    synthesize(data, seed=seed, sizes=sizes, machines=list(machines))
+    finetune(FinetuneConfig(data_root=data, out=base / model, steps=steps, batch_size=8, seconds=0.5, warmup=warmup, seed=0,
+                            threads=1, **finetune_options))  # fmt: skip
+    embed_to_store(base / model, data, base / store, batch_size=16)
+    return data, base / model, base / store

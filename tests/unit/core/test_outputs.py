@@ -129,19 +129,14 @@ def test_an_interrupted_atomic_write_leaves_nothing(tmp_path):
 def world(tmp_path_factory) -> dict:
     """Tiny inputs of every command: a dev set, a 2-step model, its store, scores, metrics, a bundle and a score log."""
     from asdtool.deploy.export import export_bundle
-    from asdtool.config.stages import FinetuneConfig
-    from asdtool.data.synth.dev import SynthSizes, synthesize
+    from asdtool.data.synth.dev import SynthSizes
     from asdtool.detect.knn import detect_to_folder
-    from asdtool.detect.embed import embed_to_store
     from asdtool.evaluate.evaluation import evaluate_folder
-    from asdtool.train.finetune import finetune
+
+    from tests.toydata import tiny_model
 
     base = tmp_path_factory.mktemp("outputs")
-    data = base / "dev"
-    synthesize(data, seed=4, sizes=SynthSizes(0.5, 6, 2, 2), machines=MACHINES)
-    model = base / "model"
-    finetune(FinetuneConfig(data_root=data, out=model, steps=2, batch_size=8, seconds=0.5, warmup=1, seed=0, threads=1))
-    embed_to_store(model, data, base / "emb.h5", batch_size=16)
+    data, model, _ = tiny_model(base, 4, SynthSizes(0.5, 6, 2, 2), steps=2, warmup=1, machines=MACHINES)
     detect_to_folder(base / "emb.h5", base / "scores")
     detect_to_folder(base / "emb.h5", base / "scores2", DetectorSettings(k=2))
     (base / "metrics").mkdir()

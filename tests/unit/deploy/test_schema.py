@@ -20,14 +20,12 @@ from asdtool.deploy.export import export_bundle
 from asdtool.deploy.inputs import recording_of
 from asdtool.deploy.load import load_bundle, read_bundle_meta
 from asdtool.deploy.scoring import score_recordings
-from asdtool.config.stages import FinetuneConfig
 from asdtool.data.audio import read_channels
-from asdtool.data.synth.dev import SynthSizes, synthesize
-from asdtool.detect.embed import embed_to_store
+from asdtool.data.synth.dev import SynthSizes
 from asdtool.core.errors import AsdError
-from asdtool.train.finetune import finetune
 from asdtool.detect.settings import DetectorSettings
 
+from tests.toydata import tiny_model
 from tests.conftest import run_asdtool
 
 MACHINES = ["fan", "valve"]
@@ -38,12 +36,8 @@ KEY = b"0123456789abcdef-the-signing-key\n"
 def fitted(tmp_path_factory) -> dict:
     """A small dev set, one model on it and its store; its bundle unsigned and signed, and a system of it twice."""
     base = tmp_path_factory.mktemp("integrity")
-    data = base / "dev"
-    synthesize(data, seed=5, sizes=SynthSizes(0.5, 10, 3, 4), machines=MACHINES)
-    model = base / "full"
-    finetune(FinetuneConfig(data_root=data, out=model, steps=6, batch_size=8, seconds=0.5, warmup=2, seed=0, threads=1,
-                            max_lr=1e-3))  # fmt: skip
-    embed_to_store(model, data, base / "full.h5", batch_size=16)
+    data, model, _ = tiny_model(base, 5, SynthSizes(0.5, 10, 3, 4), steps=6, warmup=2, machines=MACHINES, model="full",
+                                store="full.h5", max_lr=1e-3)  # fmt: skip
     key, other = base / "key", base / "other.key"
     key.write_bytes(KEY)
     other.write_bytes(b"another key, also 16 bytes or more")

@@ -21,14 +21,12 @@ from asdtool.deploy.inputs import Recording, recording_of
 from asdtool.deploy.load import load_bundle
 from asdtool.deploy.scorelog import LOG_HEADER, LOG_SCORES
 from asdtool.deploy.scoring import score_recordings
-from asdtool.config.stages import FinetuneConfig
 from asdtool.data.audio import read_channels
-from asdtool.data.synth.dev import SynthSizes, synthesize
-from asdtool.detect.embed import embed_to_store
+from asdtool.data.synth.dev import SynthSizes
 from asdtool.core.errors import AsdError
 from asdtool.deploy.serve import ServeError, make_app
-from asdtool.train.finetune import finetune
 
+from tests.toydata import tiny_model
 from tests.conftest import HANG_SECONDS, flac_bomb, run_asdtool
 
 MACHINES = ["fan", "valve"]
@@ -38,12 +36,7 @@ MACHINES = ["fan", "valve"]
 def served(tmp_path_factory) -> dict:
     """A small dev set, a 6-step model on it, its bundle (loaded once) and the fan test clips."""
     base = tmp_path_factory.mktemp("serve")
-    data = base / "dev"
-    synthesize(data, seed=3, sizes=SynthSizes(0.5, 10, 3, 4), machines=MACHINES)
-    model = base / "model"
-    finetune(FinetuneConfig(data_root=data, out=model, steps=6, batch_size=8, seconds=0.5, warmup=2, seed=0, threads=1,
-                            max_lr=1e-3))  # fmt: skip
-    embed_to_store(model, data, base / "emb.h5", batch_size=16)
+    data, model, _ = tiny_model(base, 3, SynthSizes(0.5, 10, 3, 4), steps=6, warmup=2, machines=MACHINES, max_lr=1e-3)
     path = base / "bundle.asd"
     export_bundle([model], [base / "emb.h5"], path)
     return {"base": base, "path": path, "bundle": load_bundle(path), "clips": sorted((data / "fan" / "test").glob("*.wav"))}
